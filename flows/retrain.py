@@ -1,0 +1,146 @@
+"""Prefect flow ``retrain``: the DVC pipeline stage by stage, then MLflow registration.
+
+Each stage runs through DVC, so a stage whose dependencies and params are unchanged is
+skipped and dvc.lock records every hash. Works with the ephemeral Prefect API (no server
+configured) and against a server when ``PREFECT_API_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import chdir, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from senti import lineage, registry
+from senti.config import Layout, load_params, write_overrides
+from senti.io import read_json
+from senti.segment import jieba_version
+
+STAGES = ("ingest", "validate", "prepare", "segment", "vocab", "train", "evaluate")
+
+
+class StageFailed(RuntimeError):
+    """A pipeline stage exited with an error; nothing downstream of it ran."""
+
+
+@dataclass
+class RetrainResult:
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
+    version: str | None = None
+    model_uri: str | None = None
+    registered: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def _stage_environment(root: str):
+    """DVC resolves stage paths from the working directory, and stage commands
+    (``senti stage ...``) must run with this interpreter's environment."""
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved}"
+    try:
+        with chdir(root):
+            yield
+    finally:
+        os.environ["PATH"] = saved
+
+
+def _failure_detail(layout: Layout, stage: str) -> str:
+    if stage == "validate" and layout.validation_report.exists():
+        report = read_json(layout.validation_report)
+        failed = [o for o in report.get("outcomes", []) if not o.get("success")]
+        lines = [f"  - {o['name']} ({o['expectation']}): {o['observed']}" for o in failed]
+        docs = report.get("data_docs")
+        return "\n".join(["failed expectations:", *lines] + ([f"Data Docs: {docs}"] if docs
+                                                               else []))
+    return "see the stage output above"
+
+
+@task(name="dvc-stage", task_run_name="{stage}")
+def run_stage(root: str, stage: str) -> str:
+    """``dvc repro --single-item <stage>``; returns "ran" or "skipped"."""
+    from dvc.exceptions import ReproductionError
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    started = time.perf_counter()
+    try:
+        with _stage_environment(root), Repo(root) as repo:
+            ran = repo.reproduce(stage, single_item=True)
+    except ReproductionError as exc:
+        detail = _failure_detail(Layout(Path(root)), stage)
+        raise StageFailed(f"stage {stage!r} failed; downstream stages not run.\n{detail}") from exc
+    status = "ran" if ran else "skipped"
+    logger.info("stage %s %s (%.1fs)", stage, status, time.perf_counter() - started)
+    return status
+
+
+@task(name="register-model")
+def register(root: str, flow_run_id: str | None) -> registry.RegisteredVersion:
+    """Log the run to MLflow and register the model, unless these inputs already were."""
+    layout = Layout(Path(root))
+    params = load_params(root)
+    registry.configure(layout, params.registry.experiment)
+    lock = lineage.read_lock(layout.dvc_lock)
+    fingerprint = lineage.inputs_fingerprint(lock)
+    found = registry.find_version(params.registry.model_name, fingerprint)
+    if found is not None:
+        get_run_logger().info("inputs unchanged: version %s already has them", found.version)
+        return registry.existing(found)
+    git = lineage.git_state(layout.root)
+    tags = {f"dvc.{key}": value for key, value in lineage.stage_hashes(lock).items()}
+    tags.update({
+        "git.commit": git.commit or "unknown",
+        "git.dirty": str(git.dirty),
+        "jieba.version": jieba_version(),
+        "vocab.sha256": read_json(layout.vocab_report)["sha256"],
+        "prefect.flow_run_id": flow_run_id or "none",
+    })
+    return registry.log_retrain(layout, params, tags, fingerprint)
+
+
+def _summary_markdown(result: RetrainResult) -> str:
+    rows = "\n".join(f"| {s} | {status} |" for s, status in result.stages.items())
+    model, baseline = result.metrics.get("model", {}), result.metrics.get("baseline", {})
+    registered = ("registered new version" if result.registered
+                  else "nothing changed: no new version")
+    return (f"# Retrain\n\n| stage | status |\n|---|---|\n{rows}\n\n"
+            f"Model `{result.model_uri}` ({registered}).\n\n"
+            f"| | accuracy | macro-F1 |\n|---|---|---|\n"
+            f"| BiLSTM | {model.get('accuracy', 0):.4f} | {model.get('macro_f1', 0):.4f} |\n"
+            f"| baseline | {baseline.get('accuracy', 0):.4f} | "
+            f"{baseline.get('macro_f1', 0):.4f} |\n")
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every pipeline stage through DVC, then track and register the model.
+
+    ``overrides`` maps ``section.key`` to a value for this run only (the CLI's
+    ``--set key=value``); params.yaml is restored afterwards, whatever happens.
+    """
+    root = str(Path(root).resolve())
+    original = write_overrides(root, overrides) if overrides else None
+    result = RetrainResult()
+    try:
+        for stage in STAGES:
+            result.stages[stage] = run_stage(root, stage)
+        version = register(root, flow_run.get_id())
+    finally:
+        if original is not None:
+            (Path(root) / "params.yaml").write_text(original, encoding="utf-8")
+    result.version, result.model_uri = version.version, version.model_uri
+    result.registered = version.created
+    result.metrics = read_json(Layout(Path(root)).metrics)
+    create_markdown_artifact(_summary_markdown(result), key="retrain-summary",
+                             description="stages run or skipped, model version, test metrics")
+    return asdict(result)
+

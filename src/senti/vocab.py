@@ -1,0 +1,81 @@
+"""Vocabulary: token <-> id mapping built from the training split only.
+
+Saved as JSON (never pickle) with its sha256, so the exact vocabulary is part of lineage.
+Ids 0 and 1 are reserved for padding and out-of-vocabulary tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from senti.io import atomic_write_bytes, sha256_bytes
+
+PAD_ID = 0
+OOV_ID = 1
+PAD_TOKEN = "<pad>"
+OOV_TOKEN = "<oov>"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Tokens in id order; ``tokens[0]`` is padding and ``tokens[1]`` is OOV."""
+
+    tokens: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.tokens[:2] != (PAD_TOKEN, OOV_TOKEN):
+            raise ValueError("vocabulary must start with the padding and OOV tokens")
+        object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: Sequence[str], maxlen: int) -> list[int]:
+        """Ids of the first ``maxlen`` tokens; never empty, so no sequence is all padding."""
+        ids = [self._ids.get(t, OOV_ID) for t in tokens[:maxlen]]  # type: ignore[attr-defined]
+        return ids or [OOV_ID]
+
+    def oov_rate(self, token_lists: Iterable[Sequence[str]]) -> float:
+        """Share of token occurrences that map to OOV."""
+        total = oov = 0
+        for tokens in token_lists:
+            total += len(tokens)
+            oov += sum(t not in self._ids for t in tokens)  # type: ignore[attr-defined]
+        return oov / total if total else 0.0
+
+    def to_json(self) -> bytes:
+        payload = {"format": "senti-vocab/1", "pad_id": PAD_ID, "oov_id": OOV_ID,
+                   "tokens": list(self.tokens)}
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Vocabulary:
+        payload = json.loads(data)
+        if payload.get("format") != "senti-vocab/1":
+            raise ValueError("not a senti vocabulary file")
+        return cls(tuple(payload["tokens"]))
+
+
+def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int, max_size: int) -> Vocabulary:
+    """Most frequent tokens with count >= ``min_freq``, at most ``max_size`` ids in total.
+
+    Ties are broken by the token itself, so the same data always gives the same ids.
+    """
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    kept = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+    return Vocabulary((PAD_TOKEN, OOV_TOKEN, *kept[: max(max_size - 2, 0)]))
+
+
+def save_vocab(vocab: Vocabulary, path: Path) -> str:
+    """Write the vocabulary and return the sha256 of exactly the bytes written."""
+    data = vocab.to_json()
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def load_vocab(path: Path) -> Vocabulary:
+    return Vocabulary.from_json(Path(path).read_bytes())

@@ -1,0 +1,82 @@
+"""Shared fixtures: a throw-away senti project (real git + DVC repo) and the Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# Files a project needs: the pipeline definition, params, the user dictionary, and the code
+# that dvc.yaml lists as stage dependencies.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "config", "src")
+
+# Small and fast, but the real corpus, real jieba, real TensorFlow.
+TINY_PARAMS = {
+    "data.sample_size": 1200,
+    "model.embed_dim": 16,
+    "model.lstm_units": 8,
+    "model.maxlen": 48,
+    "train.epochs": 2,
+    "train.batch_size": 64,
+}
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test project uses its own SQLite store
+# DVC runs `senti stage ...` in a shell: it must be this environment's senti.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def set_params(root: Path, values: dict) -> None:
+    """Edit params.yaml of a test project (dotted keys)."""
+    path = root / "params.yaml"
+    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for dotted, value in values.items():
+        *sections, leaf = dotted.split(".")
+        node = tree
+        for part in sections:
+            node = node[part]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_project(root: Path, params: dict | None = None) -> Path:
+    """A fresh senti project in ``root``: copied pipeline files, git repo, DVC repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    shutil.copy2(REPO / ".gitignore", root / ".gitignore")
+    set_params(root, {**TINY_PARAMS, **(params or {})})
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "tests@senti.invalid")
+    git(root, "config", "user.name", "senti tests")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+                   cwd=root, check=True)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "test project")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
