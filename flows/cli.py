@@ -27,7 +27,7 @@ def retrain_command(
         raise fail(str(exc), code=2) from exc
     try:
         result = retrain(root=str(root), overrides=overrides)
-    except StageFailed as exc:
+    except (StageFailed, ParamsError) as exc:
         raise fail(str(exc)) from exc
     skipped = [s for s, status in result["stages"].items() if status == "skipped"]
     typer.echo(f"stages skipped (unchanged): {', '.join(skipped) or 'none'}")

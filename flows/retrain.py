@@ -7,6 +7,7 @@ configured) and against a server when ``PREFECT_API_URL`` is set.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,9 @@ from senti import lineage, registry
 from senti.config import Layout, load_params, write_overrides
 from senti.io import read_json
 from senti.segment import jieba_version
+
+# DVC's "to track the changes with git, run ..." hint after every stage is noise here.
+logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
 
 STAGES = ("ingest", "validate", "prepare", "segment", "vocab", "train", "evaluate")
 

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from senti.config import (
+    ParamsError,
+    apply_overrides,
+    load_params,
+    parse_overrides,
+    write_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_load_with_required_keys():
+    params = load_params(REPO)
+    flat = params.flat()
+    for key in ("data.source", "data.sample_size", "vocab.min_freq", "vocab.max_size",
+                "model.embed_dim", "model.lstm_units", "model.dropout", "train.epochs",
+                "train.batch_size"):
+        assert key in flat
+
+
+def test_overrides_are_typed_as_yaml():
+    assert parse_overrides(["train.epochs=3", "data.labels=[a, b]", "train.class_weights=true"]) \
+        == {"train.epochs": 3, "data.labels": ["a", "b"], "train.class_weights": True}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["train.epochs"], "section.key=value"),
+    (["train.epoch=3"], "unknown parameter"),
+    (["nosuch.key=1"], "no section"),
+    (["train.epochs=three"], "train.epochs: expected an integer"),
+    (["model.dropout=1.5"], "model.dropout"),
+])
+def test_bad_overrides_name_the_problem(bad, message):
+    tree = load_params(REPO).raw
+    with pytest.raises(ParamsError, match=message):
+        apply_overrides(tree, parse_overrides(bad))
+
+
+def test_unknown_and_missing_keys_are_rejected(tmp_path):
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    tree["train"]["epochz"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(ParamsError, match="unknown parameter"):
+        load_params(tmp_path)
+    del tree["train"]["epochz"], tree["vocab"]["min_freq"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(ParamsError, match="missing parameter vocab.min_freq"):
+        load_params(tmp_path)
+
+
+def test_write_overrides_keeps_comments_and_returns_original(tmp_path):
+    original = (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    returned = write_overrides(tmp_path, {"train.epochs": 1})
+    assert returned == original
+    written = (tmp_path / "params.yaml").read_text()
+    assert "# The single source of truth" in written
+    assert load_params(tmp_path).train.epochs == 1

@@ -1,0 +1,62 @@
+"""The Keras model and input pipeline, on tiny shapes."""
+
+import numpy as np
+import pytest
+
+from senti.config import ModelParams
+from senti.model import build_model, load_model
+from senti.train import bucket_boundaries, make_dataset, predict_proba
+
+PARAMS = ModelParams(embed_dim=8, lstm_units=4, dropout=0.1, spatial_dropout=0.1, maxlen=32)
+
+
+def test_padding_does_not_change_predictions():
+    model = build_model(50, 3, PARAMS)
+    short = np.array([[5, 6, 7], [3, 1, 0]], dtype="int32")
+    padded = np.pad(short, ((0, 0), (0, 9)))
+    np.testing.assert_allclose(model(short), model(padded), atol=1e-6)
+    assert model(short).shape == (2, 3)
+
+
+def test_lstm_stays_cudnn_eligible():
+    lstm = build_model(50, 2, PARAMS).get_layer("bilstm").forward_layer
+    config = lstm.get_config()
+    assert config["activation"] == "tanh" and config["recurrent_activation"] == "sigmoid"
+    assert config["recurrent_dropout"] == 0 and not config["unroll"] and config["use_bias"]
+
+
+def test_saved_model_round_trips(tmp_path):
+    model = build_model(50, 2, PARAMS)
+    model.save(tmp_path / "m.keras")
+    x = np.array([[4, 5, 6]], dtype="int32")
+    np.testing.assert_allclose(load_model(tmp_path / "m.keras")(x), model(x), atol=1e-6)
+
+
+def test_bucketed_batches_pad_to_their_own_longest():
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(2, 50, size=n)) for n in rng.integers(1, 32, size=300)]
+    labels = rng.integers(0, 2, size=300)
+    widths = [x.shape[1] for x, _ in make_dataset(seqs, labels, 2, 16, maxlen=32,
+                                                     bucketed=True, shuffle=True, seed=1)]
+    assert max(widths) <= 32 and min(widths) < 16
+    fixed = [x.shape[1] for x, _ in make_dataset(seqs, labels, 2, 16, maxlen=32,
+                                                    bucketed=False, shuffle=False, seed=1)]
+    assert set(fixed) == {32}
+    seen = sum(x.shape[0] for x, _ in make_dataset(seqs, labels, 2, 16, maxlen=32,
+                                                      bucketed=True, shuffle=True, seed=1))
+    assert seen == 300
+    assert bucket_boundaries(128) == [8, 16, 24, 32, 48, 72, 108]
+
+
+def test_sequences_longer_than_maxlen_are_rejected():
+    with pytest.raises(ValueError, match="1..maxlen"):
+        make_dataset([[1] * 40], np.array([0]), 2, 4, maxlen=32, bucketed=True,
+                     shuffle=False, seed=0)
+
+
+def test_predict_proba_keeps_input_order():
+    model = build_model(50, 2, PARAMS)
+    seqs = [[5, 6, 7, 8, 9], [3], [4, 4]]
+    batched = predict_proba(model, seqs, batch_size=2)
+    one_by_one = np.concatenate([predict_proba(model, [s]) for s in seqs])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
