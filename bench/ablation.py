@@ -31,6 +31,15 @@ VARIANTS: dict[str, dict] = {
                              "learning_rate": 0.001}},
     "regularised": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
                     "train": {"learning_rate": 0.001}},
+    "small_strong_decay": {"model": {"embed_dim": 64, "lstm_units": 32, "spatial_dropout": 0.5},
+                           "train": {"learning_rate": 0.001, "weight_decay": 0.01}},
+    "regularised_token_dropout": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
+                                  "train": {"learning_rate": 0.001, "token_dropout": 0.1}},
+    "regularised_min_freq3": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
+                              "train": {"learning_rate": 0.001, "token_dropout": 0.1},
+                              "vocab": {"min_freq": 3}},
+    "slow_lr": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
+                "train": {"learning_rate": 0.0005, "batch_size": 32, "token_dropout": 0.1}},
     "chars": {"tokens": "chars", "model": {"maxlen": 160}},
     "words_and_chars": {"tokens": "both", "model": {"maxlen": 256}},
 }
@@ -51,7 +60,8 @@ def run_variant(name: str, spec: dict, tokens: pd.DataFrame, labels: list[str]) 
     train_p = dataclasses.replace(params.train, **spec.get("train", {}))
     frame = tokens.assign(tokens=token_view(tokens, spec.get("tokens", "words")))
     split = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
-    vocab = build_vocab(split["train"]["tokens"], params.vocab.min_freq, params.vocab.max_size)
+    vocab_p = dataclasses.replace(params.vocab, **spec.get("vocab", {}))
+    vocab = build_vocab(split["train"]["tokens"], vocab_p.min_freq, vocab_p.max_size)
     enc = {s: encode_split(f, vocab, model_p.maxlen, labels) for s, f in split.items()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as backup:

@@ -6,16 +6,21 @@ checks it, and applies ``key=value`` overrides (the same syntax as ``dvc exp run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
+
+
+def _yaml_load(text: str) -> Any:
+    """Parse YAML 1.2 as DVC does (PyYAML's 1.1 reads ``1e-05`` as a string)."""
+    return YAML(typ="safe", pure=True).load(text)
 
 
 class ParamsError(ValueError):
@@ -70,6 +75,7 @@ class TrainParams:
     learning_rate: float
     weight_decay: float
     label_smoothing: float
+    token_dropout: float
     patience: int
     class_weights: bool
     bucketed_batches: bool
@@ -89,6 +95,16 @@ class RegistryParams:
 
 
 @dataclass(frozen=True)
+class PromoteParams:
+    """The promotion gate (see :mod:`senti.promote`)."""
+
+    min_delta: float               # challenger macro-F1 must reach champion's + min_delta
+    alpha: float                   # McNemar level: reject a significantly worse challenger
+    require_beat_baseline: bool    # challenger must beat its own run's linear baseline
+    min_behaviour_pass_rate: float  # share of behavioural checks that must pass
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     validate: ValidateParams
@@ -98,6 +114,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     registry: RegistryParams
+    promote: PromoteParams
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def flat(self) -> dict[str, Any]:
@@ -185,8 +202,15 @@ def _check_ranges(p: Params) -> None:
                           ("vocab", "max_size")]:
         if getattr(getattr(p, section), name) < 1:
             raise ParamsError(f"{section}.{name} must be >= 1")
-    if not 0 <= p.train.label_smoothing < 1:
-        raise ParamsError("train.label_smoothing must be in [0, 1)")
+    for name in ("label_smoothing", "token_dropout"):
+        if not 0 <= getattr(p.train, name) < 1:
+            raise ParamsError(f"train.{name} must be in [0, 1)")
+    if not 0 < p.promote.alpha < 1:
+        raise ParamsError("promote.alpha must be in (0, 1)")
+    if not -1 <= p.promote.min_delta <= 1:
+        raise ParamsError("promote.min_delta must be in [-1, 1]")
+    if not 0 <= p.promote.min_behaviour_pass_rate <= 1:
+        raise ParamsError("promote.min_behaviour_pass_rate must be in [0, 1]")
 
 
 def parse_params(tree: dict[str, Any]) -> Params:
@@ -200,7 +224,7 @@ def load_params(root: Path | str = ".") -> Params:
     """Read and check ``params.yaml`` in the project ``root``."""
     path = Path(root) / PARAMS_FILE
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = _yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ParamsError(f"{path} not found: run senti from the project root") from exc
     return parse_params(tree or {})
@@ -213,7 +237,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise ParamsError(f"override {assignment!r} is not of the form section.key=value")
-        overrides[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        overrides[key.strip()] = _yaml_load(text) if text.strip() else ""
     return overrides
 
 
@@ -232,7 +256,7 @@ def _set(tree: Any, dotted: str, value: Any) -> None:
 
 def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of ``tree`` with ``overrides`` applied, checked like params.yaml itself."""
-    updated = yaml.safe_load(yaml.safe_dump(tree))
+    updated = copy.deepcopy(tree)
     for dotted, value in overrides.items():
         _set(updated, dotted, value)
     parse_params(updated)  # fail before anything runs, naming the bad key or value
@@ -247,7 +271,7 @@ def write_overrides(root: Path | str, overrides: dict[str, Any]) -> str:
     """
     path = Path(root) / PARAMS_FILE
     original = path.read_text(encoding="utf-8")
-    apply_overrides(yaml.safe_load(original) or {}, overrides)
+    apply_overrides(_yaml_load(original) or {}, overrides)
     rt = YAML()
     rt.preserve_quotes = True
     doc = rt.load(original)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from senti.config import ModelParams, TrainParams
 from senti.io import sha256_bytes
 from senti.model import build_model
+from senti.vocab import OOV_ID
 
 _BACKUP_FINGERPRINT = "config.sha256"
 
@@ -35,13 +36,15 @@ def bucket_boundaries(maxlen: int) -> list[int]:
 
 def make_dataset(
     sequences: Sequence[Sequence[int]], labels: np.ndarray, num_classes: int, batch_size: int,
-    *, maxlen: int, bucketed: bool, shuffle: bool, seed: int,
+    *, maxlen: int, bucketed: bool, shuffle: bool, seed: int, token_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of (right-padded token ids, one-hot labels).
 
     ``bucketed`` groups texts of similar length and pads each batch to its longest text;
     otherwise every batch is padded to ``maxlen`` (the naive pipeline, kept for benchmarks).
-    Order is preserved when neither shuffling nor bucketing.
+    ``token_dropout`` replaces that share of tokens by OOV (training only: it teaches the
+    model not to lean on single rare words). Order is preserved when neither shuffling nor
+    bucketing.
     """
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if lengths.size and (lengths.min() < 1 or lengths.max() > maxlen):
@@ -52,7 +55,11 @@ def make_dataset(
     onehot = tf.one_hot(tf.constant(labels, dtype=tf.int32), num_classes)
 
     def element(i):
-        return flat[starts[i]:starts[i] + lengths_t[i]], onehot[i]
+        ids = flat[starts[i]:starts[i] + lengths_t[i]]
+        if token_dropout > 0:
+            dropped = tf.random.uniform(tf.shape(ids), seed=seed) < token_dropout
+            ids = tf.where(dropped, tf.constant(OOV_ID, tf.int32), ids)
+        return ids, onehot[i]
 
     ds = tf.data.Dataset.range(len(sequences))
     if shuffle:
@@ -123,10 +130,11 @@ def train_model(
               "data": data_fingerprint, "vocab_size": vocab_size, "classes": num_classes}
     _prepare_backup_dir(backup_dir, sha256_bytes(json.dumps(config, sort_keys=True).encode()))
 
-    def batches(split, shuffle):
+    def batches(split, training):
         return make_dataset(split[0], split[1], num_classes, train_params.batch_size,
                             maxlen=model_params.maxlen, bucketed=train_params.bucketed_batches,
-                            shuffle=shuffle, seed=train_params.seed)
+                            shuffle=training, seed=train_params.seed,
+                            token_dropout=train_params.token_dropout if training else 0.0)
 
     with distribution_strategy().scope():
         model = build_model(vocab_size, num_classes, model_params)

@@ -49,7 +49,7 @@ def test_unknown_and_missing_keys_are_rejected(tmp_path):
         load_params(tmp_path)
     del tree["train"]["epochz"], tree["vocab"]["min_freq"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
-    with pytest.raises(ParamsError, match="missing parameter vocab.min_freq"):
+    with pytest.raises(ParamsError, match=r"missing parameter vocab\.min_freq"):
         load_params(tmp_path)
 
 
@@ -61,3 +61,10 @@ def test_write_overrides_keeps_comments_and_returns_original(tmp_path):
     written = (tmp_path / "params.yaml").read_text()
     assert "# The single source of truth" in written
     assert load_params(tmp_path).train.epochs == 1
+
+
+def test_float_overrides_survive_the_round_trip_through_params_yaml(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_overrides(tmp_path, {"train.learning_rate": 1e-5})  # written back as 1e-05
+    assert load_params(tmp_path).train.learning_rate == 1e-5
+    assert parse_overrides(["train.learning_rate=1e-5"]) == {"train.learning_rate": 1e-5}

@@ -35,5 +35,6 @@ def test_user_dictionary_changes_segmentation(tmp_path):
 
 
 def test_parallel_segmentation_matches_serial_order():
-    texts = [f"第{i}个评论：质量很好，物流也快" if i % 2 else "太差了 再也不买了" for i in range(4100)]
+    texts = [f"第{i}个评论：质量很好，物流也快" if i % 2 else "太差了 再也不买了"
+             for i in range(4100)]
     assert segment_texts(texts, workers=2) == segment_texts(texts, workers=1)

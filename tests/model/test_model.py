@@ -49,7 +49,7 @@ def test_bucketed_batches_pad_to_their_own_longest():
 
 
 def test_sequences_longer_than_maxlen_are_rejected():
-    with pytest.raises(ValueError, match="1..maxlen"):
+    with pytest.raises(ValueError, match=r"1\.\.maxlen"):
         make_dataset([[1] * 40], np.array([0]), 2, 4, maxlen=32, bucketed=True,
                      shuffle=False, seed=0)
 
