@@ -1,0 +1,28 @@
+"""Prefect flow ``batch-predict``: classify a CSV of texts with a registered version
+(default: the @champion), the version written in every output row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from senti import batch
+from senti.config import Layout, load_params
+
+
+@flow(name="batch-predict", log_prints=True)
+def batch_predict(input_csv: str, output_csv: str, root: str = ".",
+                  version: str | None = None, text_column: str = "text") -> dict[str, Any]:
+    """Predict every row of ``input_csv`` into ``output_csv`` (see :mod:`senti.batch`)."""
+    report = batch.predict_with_registry(Layout(Path(root)), load_params(root), input_csv,
+                                         output_csv, version, text_column)
+    get_run_logger().info("%s rows in %.1fs with %s v%s", report["rows"], report["seconds"],
+                          report["model"], report["model_version"])
+    create_markdown_artifact(
+        f"# Batch prediction\n\n`{input_csv}` -> `{output_csv}`: {report['rows']} rows with "
+        f"{report['model']} v{report['model_version']} ({report['rows_per_second']} rows/s).\n",
+        key="batch-predict", description=f"{report['rows']} rows, v{report['model_version']}")
+    return report

@@ -1,0 +1,84 @@
+"""Prefect flows ``promote`` and ``rollback``: the promotion gate and its undo.
+
+The gate itself is :mod:`senti.promote`; these flows run it, record the decision in MLflow
+(version tags, run table) and post it as a Prefect markdown artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from senti import promote as gate
+from senti import registry
+from senti.config import Layout, load_params
+
+
+@task(name="evaluate-gate", cache_policy=NONE)
+def evaluate(root: str, version: str | None) -> gate.GateDecision:
+    """Re-evaluate the challenger and the champion on the current test split; decide."""
+    return gate.evaluate_gate(Layout(Path(root)), load_params(root), version)
+
+
+@task(name="record-decision", cache_policy=NONE)
+def record(root: str, decision: gate.GateDecision, flow_run_id: str | None) -> None:
+    """Tags, run table and metrics; moves @champion when promoted."""
+    params = load_params(root)
+    registry.configure(Layout(Path(root)), params.registry.experiment)
+    gate.record_decision(params.registry.model_name, decision, flow_run_id)
+
+
+@flow(name="promote", log_prints=True)
+def promote(root: str = ".", version: str | None = None, force: bool = False,
+            reason: str | None = None) -> dict[str, Any]:
+    """Run the gate on ``version`` (default: @challenger) and promote it if it passes.
+
+    ``force`` promotes despite a rejection; it needs a ``reason``, recorded with the gate's.
+    """
+    if force and not (reason and reason.strip()):
+        raise gate.PromotionError("--force needs --reason: say why the gate is overridden")
+    root = str(Path(root).resolve())
+    decision = evaluate(root, version)
+    if force:
+        decision = gate.force(decision, reason or "")
+    record(root, decision, flow_run.get_id())
+    name = load_params(root).registry.model_name
+    create_markdown_artifact(gate.decision_markdown(decision, name), key="promotion-decision",
+                             description=f"{name} v{decision.challenger}: {decision.decision}")
+    get_run_logger().info("v%s %s: %s", decision.challenger, decision.decision, decision.reason)
+    return decision.to_dict()
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(root: str = ".", reason: str = "manual rollback") -> dict[str, Any]:
+    """Make the previous champion the champion again."""
+    root = str(Path(root).resolve())
+    params = load_params(root)
+    registry.configure(Layout(Path(root)), params.registry.experiment)
+    name = params.registry.model_name
+    restored = gate.rollback(name, reason, flow_run.get_id())
+    create_markdown_artifact(gate.rollback_markdown(restored, name), key="promotion-decision",
+                             description=f"{name} rollback to v{restored.to_version}")
+    return asdict(restored)
+
+
+def gate_new_version(root: str, version: str) -> dict[str, Any]:
+    """The end of a retrain: the gate on its version, unless that is the champion already."""
+    params = load_params(root)
+    registry.configure(Layout(Path(root)), params.registry.experiment)
+    if registry.alias_version(params.registry.model_name, registry.CHAMPION) == version:
+        return {"challenger": version, "champion": version, "promoted": False,
+                "decision": "unchanged",
+                "reason": f"version {version} is already the champion"}
+    try:
+        return promote(root=root, version=version)
+    except gate.PromotionError as exc:  # e.g. a new label set: the champion stays, say why
+        get_run_logger().warning("promotion gate could not run: %s", exc)
+        return {"challenger": version, "promoted": False, "decision": "error",
+                "reason": f"gate could not run: {exc}"}
