@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
                               "vocab": {"min_freq": 3}},
     "slow_lr": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
                 "train": {"learning_rate": 0.0005, "batch_size": 32, "token_dropout": 0.1}},
+    "maxlen_256": {"model": {"maxlen": 256}},
     "chars": {"tokens": "chars", "model": {"maxlen": 160}},
     "words_and_chars": {"tokens": "both", "model": {"maxlen": 256}},
 }

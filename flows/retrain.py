@@ -18,8 +18,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
+from flows import lineage as lineage_flows
+from flows.promote import gate_new_version
 from senti import lineage, registry
 from senti.config import Layout, load_params, write_overrides
 from senti.io import read_json
@@ -42,6 +45,8 @@ class RetrainResult:
     model_uri: str | None = None
     registered: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    promotion: dict[str, Any] = field(default_factory=dict)  # the gate's decision (flows.promote)
+    pushed: int | None = None  # files `dvc push` sent to the default remote; None: no remote
 
 
 @contextmanager
@@ -87,6 +92,19 @@ def run_stage(root: str, stage: str) -> str:
     return status
 
 
+@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
+def push_data(root: str) -> int | None:
+    """``dvc push`` to the default remote, so every data version a registered model points
+    to can be fetched later (``senti lineage verify|checkout``). Runs before registration: a
+    version is registered only once its data is in the remote."""
+    pushed = lineage_flows.push(root)
+    if pushed is None:
+        get_run_logger().warning("no default DVC remote: data not pushed (see docs/lineage.md)")
+    else:
+        get_run_logger().info("dvc push: %d file(s) sent to the default remote", pushed)
+    return pushed
+
+
 @task(name="register-model")
 def register(root: str, flow_run_id: str | None) -> registry.RegisteredVersion:
     """Log the run to MLflow and register the model, unless these inputs already were."""
@@ -121,12 +139,16 @@ def _summary_markdown(result: RetrainResult) -> str:
             f"| | accuracy | macro-F1 |\n|---|---|---|\n"
             f"| BiLSTM | {model.get('accuracy', 0):.4f} | {model.get('macro_f1', 0):.4f} |\n"
             f"| baseline | {baseline.get('accuracy', 0):.4f} | "
-            f"{baseline.get('macro_f1', 0):.4f} |\n")
+            f"{baseline.get('macro_f1', 0):.4f} |\n\n"
+            f"Promotion gate: **{result.promotion.get('decision', 'not run')}**: "
+            f"{result.promotion.get('reason', '')}\n")
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every pipeline stage through DVC, then track and register the model.
+    """Run every pipeline stage through DVC, push the data to the default DVC remote, track
+    and register the model, then run the promotion gate on it (the champion changes only if
+    the gate passes).
 
     ``overrides`` maps ``section.key`` to a value for this run only (the CLI's
     ``--set key=value``); params.yaml is restored afterwards, whatever happens.
@@ -137,7 +159,9 @@ def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[st
     try:
         for stage in STAGES:
             result.stages[stage] = run_stage(root, stage)
+        result.pushed = push_data(root)
         version = register(root, flow_run.get_id())
+        result.promotion = gate_new_version(root, version.version)
     finally:
         if original is not None:
             (Path(root) / "params.yaml").write_text(original, encoding="utf-8")

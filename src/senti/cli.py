@@ -79,15 +79,34 @@ def predict_command(
     model_uri: Annotated[str | None, typer.Option(
         help="MLflow model URI; default: the champion, else the newest version.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text.")] = False,
+    input_csv: Annotated[Path | None, typer.Option(
+        "--input", help="CSV of texts to classify (batch mode; needs --output).")] = None,
+    output_csv: Annotated[Path | None, typer.Option(
+        "--output", help="Batch mode: where to write the rows with their predictions.")] = None,
+    version: Annotated[str | None, typer.Option(
+        help="Batch mode: registered version to use; default: the champion.")] = None,
+    text_column: Annotated[str, typer.Option(help="Batch mode: the column holding the texts.")]
+        = "text",
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
-    """Classify texts with the registered model."""
+    """Classify texts with the registered model, or a CSV with --input/--output."""
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from senti import registry
+    from senti import batch, registry
 
+    if input_csv is not None or output_csv is not None:
+        if input_csv is None or output_csv is None or texts:
+            raise fail("batch mode needs both --input and --output, and no texts", code=2)
+        try:
+            report = batch.predict_with_registry(Layout(root), load_params(root), input_csv,
+                                                 output_csv, version, text_column)
+        except (LookupError, FileNotFoundError, MlflowException, batch.BatchInputError) as exc:
+            raise fail(str(exc)) from exc
+        typer.echo(f"{report['rows']} rows -> {report['output']} with {report['model']} "
+                   f"v{report['model_version']} ({report['rows_per_second']} rows/s)")
+        return
     if not texts:
         raise fail("give at least one text, e.g. senti predict \"质量很好，物流也快\"", code=2)
     params = load_params(root)
@@ -105,4 +124,40 @@ def predict_command(
             typer.echo(f"{row['label']}\t{row['probability']:.3f}\t{text}")
     typer.echo(f"model: {uri}", err=True)
 
+
+@app.command("serve")
+def serve_command(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5001,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: all).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 1,
+    root: Annotated[Path, ROOT_OPTION] = Path("."),
+) -> None:
+    """Serve the @champion with MLflow's model server (this environment, nothing rebuilt).
+
+    POST /invocations with {"dataframe_records": [{"text": "..."}]} or {"inputs": [...]}.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from senti import registry
+
+    params = load_params(root)
+    layout = Layout(root)
+    registry.configure(layout, params.registry.experiment)
+    name = params.registry.model_name
+    version = registry.alias_version(name, registry.CHAMPION)
+    if version is None:
+        raise fail(f"{name} has no @champion: run senti retrain or senti promote")
+    uri = f"models:/{name}@{registry.CHAMPION}"
+    uri_env = registry.tracking_uri(layout)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri_env, "MLFLOW_REGISTRY_URI": uri_env}
+    typer.echo(f"serving {uri} (version {version}) on http://{host}:{port}", err=True)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+               "--env-manager", "local", "-h", host, "-p", str(port), "-w", str(workers)]
+    try:
+        code = subprocess.run(command, env=env, check=False).returncode
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 

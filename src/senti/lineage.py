@@ -1,11 +1,14 @@
-"""Lineage facts recorded with every model: git state, DVC stage hashes, input fingerprint.
+"""Lineage facts recorded with every model: git state, DVC stage hashes, input fingerprint,
+and the training record (``lineage.json``) that :mod:`senti.audit` verifies later.
 
-Reads ``dvc.lock`` as YAML (no DVC import): it is the record DVC wrote of every stage's
-command, parameters, and the content hash of each dependency and output.
+Reads ``dvc.lock`` as YAML and the DVC cache as files (no DVC import): dvc.lock is the record
+DVC wrote of every stage's command, parameters, and the content hash of each dependency and
+output; a DVC 3 cache (or local remote) keeps each object at ``files/md5/<2 hex>/<rest>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -80,3 +83,72 @@ def inputs_fingerprint(lock: dict, source_stages: tuple[str, ...] = ("ingest",))
         for stage, body in sorted(lock.items())
     }
     return sha256_bytes(json.dumps(canonical, sort_keys=True, default=str).encode())
+
+
+# ---- recorded at registration, read back by senti.audit ---------------------------------
+
+RECORD_ARTIFACT = "lineage.json"         # run artifact: what `senti lineage verify` checks
+PARAMS_ARTIFACT_DIR = "lineage"          # run artifact dir holding the params.yaml that trained
+DVC_OBJECTS = Path(".dvc/cache/files/md5")  # DVC 3 default cache objects, relative to the root
+RECORD_SCHEMA = 1
+
+
+def md5_file(path: Path | str) -> str:
+    """DVC 3's content hash of a file (plain md5 of its bytes)."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
+def cached_outputs(dvc_yaml: Path) -> set[str]:
+    """Paths of stage outputs (outs, metrics, plots) that DVC stores in its cache: every one
+    not declared with ``cache: false``."""
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    cached = set()
+    for body in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in body.get(kind, []):
+                if isinstance(entry, str):
+                    cached.add(entry)
+                    continue
+                cached.update(path for path, opts in entry.items()
+                              if (opts or {}).get("cache", True))
+    return cached
+
+
+def object_path(objects_dir: Path, md5: str) -> Path:
+    """Where a DVC 3 object store (cache or local remote) keeps the object ``md5``:
+    ``<dir>/<2 hex>/<rest>`` (a directory's manifest keeps its ``.dir`` suffix)."""
+    return Path(objects_dir) / md5[:2] / md5[2:]
+
+
+def find_object(md5: str, objects_dirs: list[Path]) -> Path | None:
+    """The first store that holds ``md5``, as a file path; None when none does."""
+    for objects_dir in objects_dirs:
+        path = object_path(objects_dir, md5)
+        if path.is_file():
+            return path
+    return None
+
+
+def dir_entries(manifest: Path) -> list[tuple[str, str]]:
+    """``(relpath, md5)`` of every file of a directory output, from its ``.dir`` manifest."""
+    return [(entry["relpath"], entry["md5"])
+            for entry in json.loads(manifest.read_text(encoding="utf-8"))]
+
+
+def training_record(root: Path, lock: dict, raw_data: str,
+                    artifacts_sha256: dict[str, str]) -> dict:
+    """What a registered version needs for a later audit, taken when it is registered:
+    sha256 of each model artifact (by pyfunc artifact key), the DVC hash of every cached stage
+    output (``path -> md5``, per ``dvc.yaml``'s cache settings), and which of them is the raw
+    data (``raw_data``, relative to ``root``)."""
+    cached = cached_outputs(root / "dvc.yaml")
+    objects = {out["path"]: _hash_of(out) for body in lock.values()
+               for out in body.get("outs", []) if out["path"] in cached}
+    return {
+        "schema": RECORD_SCHEMA,
+        "artifacts_sha256": dict(sorted(artifacts_sha256.items())),
+        "dvc_objects": dict(sorted(objects.items())),
+        "raw_data": {"path": raw_data, "md5": objects.get(raw_data)},
+        "params_file": f"{PARAMS_ARTIFACT_DIR}/params.yaml",
+    }

@@ -1,7 +1,9 @@
 """Registry: MLflow tracking of a retrain and registration of the pyfunc model.
 
-MLflow's tracking and registry APIs are used only here (the pyfunc class is in
-:mod:`senti.serve`). Default store: a SQLite file in the project, artifacts next to it;
+MLflow's tracking and registry APIs are used only here and in :mod:`senti.promote` (the
+gate's aliases and decision records; the pyfunc class is in :mod:`senti.serve`). Every new
+version gets the ``challenger`` alias; the serving version holds ``champion``.
+Default store: a SQLite file in the project, artifacts next to it;
 ``MLFLOW_TRACKING_URI`` points elsewhere (e.g. a team's ``mlflow server``).
 """
 
@@ -20,10 +22,14 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
-from senti.config import Layout, Params
-from senti.io import read_json
+from senti import lineage
+from senti.config import PARAMS_FILE, Layout, Params
+from senti.io import read_json, sha256_file
 
 FINGERPRINT_TAG = "senti.inputs_fingerprint"
+VALIDATION_TAG = "senti.validation"  # "passed" | "failed": the training data's validation
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 INPUT_EXAMPLE = ["质量很好，物流也快", "太差了，再也不买了"]
 # Distributions the pyfunc model needs at load time, pinned to what trained it.
 RUNTIME_REQUIREMENTS = ("tensorflow", "keras", "jieba", "pandas", "numpy", "mlflow", "senti")
@@ -38,9 +44,15 @@ class RegisteredVersion:
     created: bool  # False when an existing version already had these exact inputs
 
 
+# Embedded-store URIs set by configure(): mlflow.set_tracking_uri copies its URI into
+# MLFLOW_TRACKING_URI, which must not then read as a user's choice of server.
+_EMBEDDED_URIS: set[str] = set()
+
+
 def tracking_uri(layout: Layout) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{layout.mlflow_db}"
+    """``MLFLOW_TRACKING_URI`` if the user set it, else the project's embedded SQLite store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env not in _EMBEDDED_URIS else f"sqlite:///{layout.mlflow_db}"
 
 
 def configure(layout: Layout, experiment: str) -> str:
@@ -50,12 +62,15 @@ def configure(layout: Layout, experiment: str) -> str:
     path relative to whatever directory the command ran from.
     """
     uri = tracking_uri(layout)
+    embedded = uri == f"sqlite:///{layout.mlflow_db}"
+    if embedded:
+        _EMBEDDED_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else layout.mlflow_artifacts.as_uri()
+    location = layout.mlflow_artifacts.as_uri() if embedded else None
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
@@ -97,6 +112,8 @@ def _log_test_metrics(metrics: dict) -> None:
 
 
 def _log_model(layout: Layout, params: Params, registered_name: str):
+    """Log and register the pyfunc model; return its ModelInfo and the sha256 of each of its
+    artifacts (by artifact key), hashed from the files that were logged."""
     from senti.serve import SentimentPyfunc  # TensorFlow import only when logging a model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,10 +128,11 @@ def _log_model(layout: Layout, params: Params, registered_name: str):
         output = pd.DataFrame({"label": labels[:2], "probability": [0.9, 0.8]})
         for label in labels:
             output[f"prob_{label}"] = 0.5
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name="model", python_model=SentimentPyfunc(), artifacts=artifacts,
             signature=infer_signature(example, output), input_example=example,
             registered_model_name=registered_name, pip_requirements=_requirements())
+        return info, {key: sha256_file(path) for key, path in artifacts.items()}
 
 
 def log_retrain(layout: Layout, params: Params, tags: dict[str, str],
@@ -141,19 +159,38 @@ def log_retrain(layout: Layout, params: Params, tags: dict[str, str],
                 mlflow.log_artifact(str(report), artifact_path="reports")
         if layout.data_docs.exists():
             mlflow.log_artifacts(str(layout.data_docs), artifact_path="data_docs")
-        info = _log_model(layout, params, name)
+        info, artifacts_sha256 = _log_model(layout, params, name)
+        # The audit record (senti.audit): artifact hashes, cached DVC outputs, the params file.
+        mlflow.log_dict(lineage.training_record(
+            layout.root, lineage.read_lock(layout.dvc_lock),
+            layout.raw_csv.relative_to(layout.root).as_posix(), artifacts_sha256),
+            lineage.RECORD_ARTIFACT)
+        mlflow.log_artifact(str(layout.root / PARAMS_FILE),
+                            artifact_path=lineage.PARAMS_ARTIFACT_DIR)
     version = str(info.registered_model_version)
     client = MlflowClient()
     client.set_model_version_tag(name, version, FINGERPRINT_TAG, fingerprint)
     for key in ("git.commit", "vocab.sha256", "prefect.flow_run_id"):
         if key in tags:
             client.set_model_version_tag(name, version, key, tags[key])
+    validation = read_json(layout.validation_report) if layout.validation_report.exists() else {}
+    client.set_model_version_tag(name, version, VALIDATION_TAG,
+                                 "passed" if validation.get("success") else "failed")
+    client.set_registered_model_alias(name, CHALLENGER, version)
     return RegisteredVersion(name, version, run.info.run_id, f"models:/{name}/{version}", True)
 
 
 def existing(version: ModelVersion) -> RegisteredVersion:
     return RegisteredVersion(version.name, str(version.version), version.run_id,
                              f"models:/{version.name}/{version.version}", False)
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def resolve_model_uri(model_name: str) -> str:
