@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict] = {
     "slow_lr": {"model": {"embed_dim": 64, "spatial_dropout": 0.4},
                 "train": {"learning_rate": 0.0005, "batch_size": 32, "token_dropout": 0.1}},
     "maxlen_256": {"model": {"maxlen": 256}},
+    "char_bigrams": {"tokens": "char_bigrams", "model": {"maxlen": 192}},
     "chars": {"tokens": "chars", "model": {"maxlen": 160}},
     "words_and_chars": {"tokens": "both", "model": {"maxlen": 256}},
 }
@@ -49,6 +50,8 @@ VARIANTS: dict[str, dict] = {
 def token_view(frame: pd.DataFrame, mode: str) -> pd.Series:
     if mode == "chars":
         return frame["text"].map(lambda t: [c for c in t if not c.isspace()])
+    if mode == "char_bigrams":
+        return frame["text"].map(lambda t: [t[i:i + 2] for i in range(max(len(t) - 1, 1))])
     if mode == "both":
         return frame.apply(lambda r: list(r["tokens"]) + [c for c in r["text"]
                                                          if not c.isspace()], axis=1)

@@ -32,6 +32,8 @@ def retrain_command(
         raise fail(str(exc)) from exc
     skipped = [s for s, status in result["stages"].items() if status == "skipped"]
     typer.echo(f"stages skipped (unchanged): {', '.join(skipped) or 'none'}")
+    if result.get("nothing_changed"):
+        typer.echo("nothing changed: data and params as for the registered version below")
     state = "registered" if result["registered"] else "unchanged inputs, already registered as"
     typer.echo(f"{state} {result['model_uri']}")
     for who in ("model", "baseline"):

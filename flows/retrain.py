@@ -47,6 +47,9 @@ class RetrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     promotion: dict[str, Any] = field(default_factory=dict)  # the gate's decision (flows.promote)
     pushed: int | None = None  # files `dvc push` sent to the default remote; None: no remote
+    fingerprint: str | None = None  # inputs fingerprint of this run's dvc.lock
+    # no stage but ingest ran, ingest's output is unchanged and no version was registered
+    nothing_changed: bool = False
 
 
 @contextmanager
@@ -129,6 +132,51 @@ def register(root: str, flow_run_id: str | None) -> registry.RegisteredVersion:
     return registry.log_retrain(layout, params, tags, fingerprint)
 
 
+def _ingest_output(layout: Layout) -> str | None:
+    """md5 of the raw copy as dvc.lock records it (None before the first run)."""
+    outs = lineage.read_lock(layout.dvc_lock).get("ingest", {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def _already_judged(root: str, version: str) -> dict[str, Any] | None:
+    """The gate's recorded decision on ``version`` as a promotion result, or None if the gate
+    never judged it (e.g. the last run stopped after registering). Inputs unchanged since
+    then, so rerunning it would only repeat the decision, or undo a rollback."""
+    from mlflow import MlflowClient
+
+    from senti.promote import TAG_PREFIX
+
+    params = load_params(root)
+    registry.configure(Layout(Path(root)), params.registry.experiment)
+    name = params.registry.model_name
+    tags = MlflowClient().get_model_version(name, version).tags
+    decision = tags.get(f"{TAG_PREFIX}decision")
+    if decision is None:
+        return None
+    return {"challenger": version, "champion": registry.alias_version(name, registry.CHAMPION),
+            "promoted": False, "decision": "unchanged",
+            "reason": f"inputs unchanged; version {version} was judged already "
+                      f"({decision}, {tags.get(f'{TAG_PREFIX}time', 'time unknown')}): "
+                      "`senti promote --version " f"{version}` reruns the gate"}
+
+
+def _nothing_changed_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
+    def status(stage: str, state: str) -> str:
+        if stage == "ingest":  # always_changed: DVC reruns it to re-read the source
+            return f"re-read the source; output unchanged (md5 `{ingest_md5}`)"
+        return state
+    rows = "\n".join(f"| {s} | {status(s, state)} |" for s, state in result.stages.items())
+    return (f"# Retrain: nothing changed\n\n"
+            f"Data and params are unchanged since version **{result.version}** "
+            f"(`{result.model_uri}`): no new version was registered.\n\n"
+            f"## What was checked\n\n| stage | status |\n|---|---|\n{rows}\n\n"
+            f"- inputs fingerprint (dvc.lock: every stage's command and params, the source "
+            f"dependencies, the raw data hash): `{result.fingerprint}`\n"
+            f"- registered version with this fingerprint: **{result.version}**\n"
+            f"- promotion gate: **{result.promotion.get('decision', 'not run')}**: "
+            f"{result.promotion.get('reason', '')}\n")
+
+
 def _summary_markdown(result: RetrainResult) -> str:
     rows = "\n".join(f"| {s} | {status} |" for s, status in result.stages.items())
     model, baseline = result.metrics.get("model", {}), result.metrics.get("baseline", {})
@@ -154,21 +202,39 @@ def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[st
     ``--set key=value``); params.yaml is restored afterwards, whatever happens.
     """
     root = str(Path(root).resolve())
+    layout = Layout(Path(root))
+    # checked against params.yaml like `senti retrain --set` before anything runs, so a
+    # deployment run with parameters={"overrides": {...}} fails the same way
     original = write_overrides(root, overrides) if overrides else None
     result = RetrainResult()
+    ingest_before = _ingest_output(layout)
     try:
         for stage in STAGES:
             result.stages[stage] = run_stage(root, stage)
+        ingest_after = _ingest_output(layout)
         result.pushed = push_data(root)
         version = register(root, flow_run.get_id())
-        result.promotion = gate_new_version(root, version.version)
+        judged = None if version.created else _already_judged(root, version.version)
+        result.promotion = judged or gate_new_version(root, version.version)
     finally:
         if original is not None:
             (Path(root) / "params.yaml").write_text(original, encoding="utf-8")
     result.version, result.model_uri = version.version, version.model_uri
     result.registered = version.created
-    result.metrics = read_json(Layout(Path(root)).metrics)
-    create_markdown_artifact(_summary_markdown(result), key="retrain-summary",
-                             description="stages run or skipped, model version, test metrics")
+    result.metrics = read_json(layout.metrics)
+    result.fingerprint = lineage.inputs_fingerprint(lineage.read_lock(layout.dvc_lock))
+    result.nothing_changed = (
+        not version.created and ingest_before is not None and ingest_after == ingest_before
+        and all(status == "skipped" for stage, status in result.stages.items()
+                if stage != "ingest"))
+    if result.nothing_changed:
+        create_markdown_artifact(
+            _nothing_changed_markdown(result, ingest_after), key="retrain-summary",
+            description=f"nothing changed: every stage skipped, version {result.version} "
+                        "already has these inputs")
+    else:
+        create_markdown_artifact(_summary_markdown(result), key="retrain-summary",
+                                 description="stages run or skipped, model version, test "
+                                             "metrics")
     return asdict(result)
 
