@@ -22,6 +22,8 @@ TINY_PARAMS = {
     "model.embed_dim": 16,
     "model.lstm_units": 8,
     "model.maxlen": 48,
+    "model.spatial_dropout": 0.1,
+    "train.learning_rate": 0.01,  # a tiny model on ~1,000 texts must learn in 2 epochs
     "train.epochs": 2,
     "train.batch_size": 64,
 }
