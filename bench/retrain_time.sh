@@ -16,7 +16,8 @@ for run in first no-change; do
   start=$(date +%s.%N)
   senti retrain "$@" > "$work/$run.log" 2>&1 || { tail -40 "$work/$run.log"; exit 1; }
   end=$(date +%s.%N)
-  printf '%-10s %6.1f s   %s\n' "$run" "$(echo "$end - $start" | bc)" \
-    "$(grep -E 'skipped|registered' "$work/$run.log" | tr '\n' ' ')"
+  printf '%-10s %6.1f s\n' "$run" "$(echo "$end - $start" | bc)"
+  grep -E '^(stages skipped|nothing changed|registered|unchanged inputs|promotion gate)' \
+    "$work/$run.log" | sed 's/^/    /'
 done
 grep -E 'test accuracy' "$work/first.log"

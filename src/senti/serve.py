@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -44,7 +45,7 @@ def check_texts(values: Sequence[object]) -> list[str]:
             problems.append(f"row {row}: text is null")
         elif not isinstance(value, str):
             problems.append(f"row {row}: text must be a string, got {type(value).__name__}")
-        elif not normalise_text(value):
+        elif not value.strip():
             problems.append(f"row {row}: text is empty or whitespace only")
     if problems:
         shown = "; ".join(problems[:10])
@@ -71,17 +72,31 @@ class Predictor:
         clipped = normalise_text(text)[: self.maxlen * CHARS_PER_TOKEN_SLOT]
         return self.vocab.encode(self.segmenter.cut(clipped), self.maxlen)
 
+    def _infer_batch(self, seqs: list[list[int]]) -> np.ndarray:
+        """Probabilities of one batch of encoded texts, padded to its longest."""
+        batch = np.zeros((len(seqs), max(map(len, seqs))), dtype=np.int32)
+        for row, seq in enumerate(seqs):
+            batch[row, : len(seq)] = seq
+        return self._infer(tf.constant(batch)).numpy()
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, one row per text, columns in ``self.labels`` order."""
-        seqs = [self.encode(t) for t in texts]
-        order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths together
-        proba = np.zeros((len(seqs), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(seqs), MAX_BATCH):
-            rows = order[start:start + MAX_BATCH]
-            batch = np.zeros((len(rows), max(len(seqs[i]) for i in rows)), dtype=np.int32)
-            for j, i in enumerate(rows):
-                batch[j, : len(seqs[i])] = seqs[i]
-            proba[rows] = self._infer(tf.constant(batch)).numpy()
+        """Class probabilities, one row per text, columns in ``self.labels`` order.
+
+        Texts are batched by character length (a cheap proxy for token count, so batches
+        carry little padding). While TensorFlow, which releases the GIL, classifies one batch
+        on a second thread, jieba segments the next, so the two costs overlap.
+        """
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        batches = [order[i:i + MAX_BATCH] for i in range(0, len(order), MAX_BATCH)]
+        proba = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if len(batches) == 1:
+            proba[order] = self._infer_batch([self.encode(texts[i]) for i in order])
+            return proba
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="senti-infer") as model_thread:
+            pending = [(rows, model_thread.submit(
+                self._infer_batch, [self.encode(texts[i]) for i in rows])) for rows in batches]
+            for rows, future in pending:
+                proba[rows] = future.result()
         return proba
 
     def predict(self, texts: Sequence[object]) -> pd.DataFrame:
