@@ -312,6 +312,8 @@ class Layout:
     predictions = property(lambda s: s.root / "reports/test_predictions.csv")
     confusion_png = property(lambda s: s.root / "reports/confusion_matrix.png")
     reliability_png = property(lambda s: s.root / "reports/reliability.png")
+    roc_pr_png = property(lambda s: s.root / "reports/roc_pr.png")
+    training_curves_png = property(lambda s: s.root / "reports/training_curves.png")
     evaluation_md = property(lambda s: s.root / "reports/evaluation.md")
     dvc_lock = property(lambda s: s.root / "dvc.lock")
     mlflow_db = property(lambda s: s.root / "mlflow.db")

@@ -26,6 +26,8 @@ from scipy.stats import binomtest
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
     accuracy_score,
     confusion_matrix,
     precision_recall_fscore_support,
@@ -258,4 +260,34 @@ def plot_reliability(y_true: np.ndarray, proba: np.ndarray, path: Path, bins: in
            ylabel="accuracy",
            title=f"Reliability (ECE = {expected_calibration_error(y_true, proba, bins):.3f})")
     ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def plot_roc_pr(y_true: np.ndarray, curves: dict[str, np.ndarray], labels: list[str],
+                path: Path) -> None:
+    """ROC and precision-recall curves of several scorers (name -> (n, k) scores): for the
+    positive class ``labels[1]`` when binary, else one-vs-rest for every class."""
+    y_true = np.asarray(y_true)
+    classes = [1] if len(labels) == 2 else range(len(labels))
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for name, scores in curves.items():
+        for c in classes:
+            line = name if len(labels) == 2 else f"{name}: {labels[c]}"
+            RocCurveDisplay.from_predictions(y_true == c, scores[:, c], name=line, ax=roc_ax)
+            PrecisionRecallDisplay.from_predictions(y_true == c, scores[:, c], name=line,
+                                                    ax=pr_ax)
+    roc_ax.set_title("ROC")
+    pr_ax.set_title("Precision-recall")
+    _save(fig, path)
+
+
+def plot_training_curves(history: pd.DataFrame, path: Path) -> None:
+    """Loss and accuracy per epoch, training vs validation (columns as Keras names them)."""
+    epochs = history.index + 1
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history[f"val_{metric}"], "o-", label="validation")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.legend()
     _save(fig, path)

@@ -154,7 +154,8 @@ def log_retrain(layout: Layout, params: Params, tags: dict[str, str],
         for report in (layout.ingest_report, layout.validation_report, layout.prepare_report,
                        layout.segment_report, layout.vocab_report, layout.train_report,
                        layout.metrics, layout.evaluation_md, layout.confusion_png,
-                       layout.reliability_png, layout.train_history, layout.dvc_lock):
+                       layout.reliability_png, layout.roc_pr_png, layout.training_curves_png,
+                       layout.train_history, layout.dvc_lock):
             if report.exists():
                 mlflow.log_artifact(str(report), artifact_path="reports")
         if layout.data_docs.exists():

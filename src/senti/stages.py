@@ -188,6 +188,9 @@ def evaluate(root: Path | str = ".") -> dict:
     ev.plot_confusion_matrix(y_true, y_pred, labels, layout.confusion_png,
                              title="BiLSTM+attention, test split")
     ev.plot_reliability(y_true, proba, layout.reliability_png)
+    ev.plot_roc_pr(y_true, {"BiLSTM+attention": proba, "baseline": baseline_proba}, labels,
+                   layout.roc_pr_png)
+    ev.plot_training_curves(pd.read_csv(layout.train_history), layout.training_curves_png)
     layout.evaluation_md.write_text(
         ev.evaluation_markdown(model_metrics, metrics["baseline"], labels), encoding="utf-8")
     return metrics

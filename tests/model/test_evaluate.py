@@ -6,6 +6,7 @@ import importlib.resources
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from senti.config import EvaluateParams
@@ -19,6 +20,8 @@ from senti.evaluate import (
     metrics_by_length,
     plot_confusion_matrix,
     plot_reliability,
+    plot_roc_pr,
+    plot_training_curves,
     train_baseline,
 )
 
@@ -167,3 +170,15 @@ def test_ece_perfectly_calibrated_is_zero_and_overconfident_is_large() -> None:
     over = np.tile([0.01, 0.99], (100, 1))
     y_half = np.r_[np.ones(50), np.zeros(50)]
     assert expected_calibration_error(y_half, over) == pytest.approx(0.49)
+
+
+def test_roc_pr_and_training_curve_plots_are_written(tmp_path):
+    y = np.array([0, 1, 1, 0, 2, 2])
+    scores = np.eye(3)[[0, 1, 2, 0, 2, 1]] * 0.8 + 0.1
+    plot_roc_pr(y, {"a": scores, "b": scores[::-1]}, ["x", "y", "z"], tmp_path / "roc.png")
+    plot_roc_pr(y % 2, {"a": scores[:, :2]}, ["neg", "pos"], tmp_path / "roc2.png")
+    history = pd.DataFrame({"loss": [0.6, 0.4], "val_loss": [0.5, 0.45],
+                            "accuracy": [0.7, 0.8], "val_accuracy": [0.75, 0.78]})
+    plot_training_curves(history, tmp_path / "curves.png")
+    for name in ("roc.png", "roc2.png", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 1000
