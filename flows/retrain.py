@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from flows import lineage as lineage_flows
 from flows.promote import gate_new_version
@@ -128,6 +128,7 @@ def register(root: str, flow_run_id: str | None) -> registry.RegisteredVersion:
         "jieba.version": jieba_version(),
         "vocab.sha256": read_json(layout.vocab_report)["sha256"],
         "prefect.flow_run_id": flow_run_id or "none",
+        "prefect.deployment": deployment.name or "none",  # "none": run from the CLI
     })
     return registry.log_retrain(layout, params, tags, fingerprint)
 

@@ -56,6 +56,7 @@ def test_run_is_tracked_with_lineage(trained):
     assert tags["dvc.ingest.outs.data/raw/corpus.csv"] == lock["ingest"]["outs"][0]["md5"]
     assert "dvc.train.outs.models/bilstm" in tags
     assert tags["prefect.flow_run_id"] != "none"
+    assert tags["prefect.deployment"] == "none"  # run directly, not through a deployment
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name == "train" and inputs[0].dataset.digest
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}

@@ -144,6 +144,7 @@ def test_triggered_deployment_retrains_and_registers(served, project):
     (version,) = _versions(project)
     run_tags = MlflowClient().get_run(version.run_id).data.tags
     assert run_tags["prefect.flow_run_id"] == str(run.id)
+    assert run_tags["prefect.deployment"] == RETRAIN.split("/")[-1]
     assert run_tags["git.commit"]
     summary = _artifact(run.id)
     assert summary.startswith("# Retrain\n") and "registered new version" in summary
