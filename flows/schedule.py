@@ -378,7 +378,8 @@ def describe(specs: list[DeploymentSpec], flows: dict[str, str], registered: dic
     return lines
 
 
-async def _serve_until_signal(runner: Any, echo: Callable[[str], None]) -> None:
+async def _serve_until_signal(runner: Any, echo: Callable[[str], None], ready: str) -> None:
+    """Run ``runner`` until SIGINT/SIGTERM; ``ready`` is printed once our handlers are in."""
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(runner.start())
     stopping = False
@@ -395,9 +396,16 @@ async def _serve_until_signal(runner: Any, echo: Callable[[str], None]) -> None:
         else:
             serving.cancel()
 
-    await asyncio.sleep(0)  # Runner.start() installs its own SIGTERM handler first...
-    for sig in (signal.SIGINT, signal.SIGTERM):  # ...replaced here: one path for both
+    # Runner.start() installs its own SIGTERM handler (which exits the process outright if
+    # the runner has not started yet). Wait until it has, then put ours over it: one path
+    # for both signals. Until then the caller's handler raises Stopped.
+    for _ in range(1000):
+        if serving.done() or signal.getsignal(signal.SIGTERM) == runner.handle_sigterm:
+            break
+        await asyncio.sleep(0.01)
+    for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig.name)
+    echo(ready)
     try:
         await serving
     except asyncio.CancelledError:
@@ -438,9 +446,9 @@ def serve(specs: list[DeploymentSpec], root: Path | str, base_dir: Path | str, *
                  f"(project {Path(root).resolve()}):")
             for line in describe(specs, flows, registered, n_next):
                 echo(line)
-            echo("Ctrl-C stops serving (the schedules are paused until senti schedule "
-                 "runs again).")
-            asyncio.run(_serve_until_signal(runner, echo))
+            asyncio.run(_serve_until_signal(
+                runner, echo, "Ctrl-C stops serving (the schedules are paused until senti "
+                              "schedule runs again)."))
             # asyncio restored the default handlers: keep a late signal from killing the
             # local server's shutdown half-way
             for sig in (signal.SIGINT, signal.SIGTERM):
