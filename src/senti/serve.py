@@ -24,6 +24,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from senti.model import load_model
 from senti.prepare import normalise_text
 from senti.segment import Segmenter
+from senti.train import compile_inference, pad_batch
 from senti.vocab import load_vocab
 
 TEXT_COLUMN = "text"
@@ -64,9 +65,7 @@ class Predictor:
         self.labels: list[str] = json.loads(Path(labels_file).read_text(encoding="utf-8"))
         self.maxlen = maxlen
         self.segmenter = Segmenter(user_dict)
-        self._infer = tf.function(
-            lambda ids: self.model(ids, training=False),
-            input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        self._infer = compile_inference(self.model)
 
     def encode(self, text: str) -> list[int]:
         clipped = normalise_text(text)[: self.maxlen * CHARS_PER_TOKEN_SLOT]
@@ -74,10 +73,7 @@ class Predictor:
 
     def _infer_batch(self, seqs: list[list[int]]) -> np.ndarray:
         """Probabilities of one batch of encoded texts, padded to its longest."""
-        batch = np.zeros((len(seqs), max(map(len, seqs))), dtype=np.int32)
-        for row, seq in enumerate(seqs):
-            batch[row, : len(seq)] = seq
-        return self._infer(tf.constant(batch)).numpy()
+        return self._infer(tf.constant(pad_batch(seqs))).numpy()
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, one row per text, columns in ``self.labels`` order.
