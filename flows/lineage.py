@@ -110,7 +110,7 @@ def model_command(
 @app.command("data")
 def data_command(
     target: Annotated[str, typer.Argument(
-        help="A data file (its md5 is computed, as DVC does) or a DVC hash from dvc.lock.")],
+        help="A data file or directory (hashed as DVC does) or a DVC hash from dvc.lock.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     root: Annotated[Path, ROOT_OPTION] = Path("."),
 ) -> None:
@@ -120,12 +120,9 @@ def data_command(
     except ParamsError as exc:
         raise fail(str(exc), code=2) from exc
     path = Path(target)
-    if path.is_dir():
-        raise fail(f"{target} is a directory: give a file, or the directory's DVC hash "
-                   "(ending in .dir) from dvc.lock", code=2)
-    if not path.is_file() and not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", target):
-        raise fail(f"{target}: no such file, and not a DVC md5 hash", code=2)
-    md5 = lineage.md5_file(path) if path.is_file() else target
+    if not path.exists() and not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", target):
+        raise fail(f"{target}: no such file or directory, and not a DVC md5 hash", code=2)
+    md5 = lineage.md5_path(path) if path.exists() else target
     versions = audit.trained_on(md5)
     if as_json:
         typer.echo(json.dumps({"md5": md5, "versions": versions}, indent=2, sort_keys=True))

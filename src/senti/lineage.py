@@ -99,6 +99,21 @@ def md5_file(path: Path | str) -> str:
         return hashlib.file_digest(fh, "md5").hexdigest()
 
 
+def md5_dir(path: Path | str) -> str:
+    """DVC 3's hash of a directory: the md5 of its manifest (every file's relative POSIX path
+    and md5, sorted by path, as sorted-key JSON) with ``.dir`` appended."""
+    root = Path(path)
+    entries = sorted(({"md5": md5_file(file), "relpath": file.relative_to(root).as_posix()}
+                      for file in root.rglob("*") if file.is_file()),
+                     key=lambda entry: entry["relpath"].split("/"))
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def md5_path(path: Path | str) -> str:
+    """DVC 3's hash of a file or a directory."""
+    return md5_dir(path) if Path(path).is_dir() else md5_file(path)
+
+
 def cached_outputs(dvc_yaml: Path) -> set[str]:
     """Paths of stage outputs (outs, metrics, plots) that DVC stores in its cache: every one
     not declared with ``cache: false``."""

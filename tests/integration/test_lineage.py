@@ -124,6 +124,9 @@ def test_lineage_data_tells_versions_apart(project):
     assert versions(lineage.md5_file(root / "v2.csv")) == ["2"]
     labels = chain_of(project, f"{MODEL}/1")["data"]["outputs"]["data/processed/labels.json"]
     assert versions(labels) == ["1", "2"]  # same label set file: both versions used it
+    model_dir = chain_of(project, f"{MODEL}/2")["data"]["outputs"]["models/bilstm"]
+    assert lineage.md5_dir(root / "models/bilstm") == model_dir  # the workspace holds run 2's
+    assert versions(str(root / "models/bilstm")) == versions(model_dir) == ["2"]
     assert senti(project, "lineage", "data", "0" * 32).exit_code == 1
     assert senti(project, "lineage", "data", str(root / "no-such.csv")).exit_code == 2
 
