@@ -50,6 +50,12 @@ VARIANTS: dict[str, dict] = {
     "chars": {"tokens": "chars", "model": {"maxlen": 160}},
     "words_and_chars": {"tokens": "both", "model": {"maxlen": 256}},
     "rare_words_as_chars": {"tokens": "rare_as_chars"},
+    "lr_plateau_0.3": {"train": {"lr_plateau_factor": 0.3, "patience": 3}},
+    "class_weights": {"train": {"class_weights": True}},
+    "no_label_smoothing": {"train": {"label_smoothing": 0.0}},
+    "label_smoothing_0.15": {"train": {"label_smoothing": 0.15}},
+    "min_freq_1": {"vocab": {"min_freq": 1}},
+    "vocab_10k": {"vocab": {"max_size": 10000}},
 }
 
 

@@ -77,6 +77,7 @@ class TrainParams:
     label_smoothing: float
     token_dropout: float
     patience: int
+    lr_plateau_factor: float
     class_weights: bool
     bucketed_batches: bool
     seed: int
@@ -205,6 +206,8 @@ def _check_ranges(p: Params) -> None:
     for name in ("label_smoothing", "token_dropout"):
         if not 0 <= getattr(p.train, name) < 1:
             raise ParamsError(f"train.{name} must be in [0, 1)")
+    if not 0 < p.train.lr_plateau_factor <= 1:
+        raise ParamsError("train.lr_plateau_factor must be in (0, 1] (1 = constant rate)")
     if not 0 < p.promote.alpha < 1:
         raise ParamsError("promote.alpha must be in (0, 1)")
     if not -1 <= p.promote.min_delta <= 1:

@@ -163,6 +163,9 @@ def train_model(
                                       restore_best_weights=True),
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
     ]
+    if train_params.lr_plateau_factor < 1:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=train_params.lr_plateau_factor, patience=0))
     weights = (balanced_class_weights(train[1], num_classes)
                if train_params.class_weights else None)
     history = model.fit(batches(train, True), validation_data=batches(val, False),

@@ -34,6 +34,7 @@ def test_overrides_are_typed_as_yaml():
     (["nosuch.key=1"], "no section"),
     (["train.epochs=three"], "train.epochs: expected an integer"),
     (["model.dropout=1.5"], "model.dropout"),
+    (["train.lr_plateau_factor=0"], r"train.lr_plateau_factor must be in \(0, 1\]"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw

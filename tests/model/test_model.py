@@ -1,11 +1,12 @@
 """The Keras model and input pipeline, on tiny shapes."""
 
+import keras
 import numpy as np
 import pytest
 
-from senti.config import ModelParams
+from senti.config import ModelParams, TrainParams
 from senti.model import build_model, load_model
-from senti.train import bucket_boundaries, make_dataset, predict_proba
+from senti.train import bucket_boundaries, make_dataset, predict_proba, train_model
 
 PARAMS = ModelParams(embed_dim=8, lstm_units=4, dropout=0.1, spatial_dropout=0.1, maxlen=32)
 
@@ -60,3 +61,24 @@ def test_predict_proba_keeps_input_order():
     batched = predict_proba(model, seqs, batch_size=2)
     one_by_one = np.concatenate([predict_proba(model, [s]) for s in seqs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_lr_plateau_factor_cuts_the_rate_after_each_epoch_without_val_gain(tmp_path):
+    rng = np.random.default_rng(0)  # random labels: memorising them makes val loss go up
+
+    def split(n):
+        return [list(rng.integers(2, 50, size=8)) for _ in range(n)], rng.integers(0, 2, size=n)
+
+    train_params = TrainParams(epochs=4, batch_size=16, learning_rate=0.05, weight_decay=0.0,
+                               label_smoothing=0.0, token_dropout=0.0, patience=10,
+                               lr_plateau_factor=0.5, class_weights=False,
+                               bucketed_batches=True, seed=3)
+    model, history = train_model(split(128), split(64), 50, 2, PARAMS, train_params,
+                                 tmp_path / "backup", "test")
+    best, cuts = float("inf"), 0
+    for loss in history["val_loss"]:
+        cuts += loss >= best - 1e-4  # Keras' default min_delta
+        best = min(best, loss)
+    assert cuts >= 1
+    final_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert final_rate == pytest.approx(0.05 * 0.5 ** cuts, rel=1e-5)
