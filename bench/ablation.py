@@ -56,6 +56,10 @@ VARIANTS: dict[str, dict] = {
     "label_smoothing_0.15": {"train": {"label_smoothing": 0.15}},
     "min_freq_1": {"vocab": {"min_freq": 1}},
     "vocab_10k": {"vocab": {"max_size": 10000}},
+    "no_adversarial": {"train": {"adversarial_eps": 0.0}},
+    "adversarial_0.5": {"train": {"adversarial_eps": 0.5}},
+    "adversarial_2.5": {"train": {"adversarial_eps": 2.5}},
+    "batch_128": {"train": {"batch_size": 128, "learning_rate": 0.002}},
 }
 
 

@@ -25,6 +25,7 @@ TINY_PARAMS = {
     "model.spatial_dropout": 0.1,
     "train.learning_rate": 0.01,  # a tiny model on ~1,000 texts must learn in 2 epochs
     "train.epochs": 2,
+    "train.adversarial_eps": 0.01,  # an absolute norm: 1.0 suits 64-d embeddings, 12 epochs
     "train.batch_size": 64,
 }
 

@@ -76,6 +76,7 @@ class TrainParams:
     weight_decay: float
     label_smoothing: float
     token_dropout: float
+    adversarial_eps: float
     patience: int
     lr_plateau_factor: float
     class_weights: bool
@@ -206,6 +207,8 @@ def _check_ranges(p: Params) -> None:
     for name in ("label_smoothing", "token_dropout"):
         if not 0 <= getattr(p.train, name) < 1:
             raise ParamsError(f"train.{name} must be in [0, 1)")
+    if p.train.adversarial_eps < 0:
+        raise ParamsError("train.adversarial_eps must be >= 0 (0 = no adversarial training)")
     if not 0 < p.train.lr_plateau_factor <= 1:
         raise ParamsError("train.lr_plateau_factor must be in (0, 1] (1 = constant rate)")
     if not 0 < p.promote.alpha < 1:

@@ -1,8 +1,11 @@
 """The classifier: Embedding -> BiLSTM -> self-attention -> masked avg+max pooling -> softmax.
 
-Pure Keras 3 (layers and ``keras.ops`` only) so it runs under the TensorFlow, JAX or PyTorch
-backends. The LSTM keeps every setting the cuDNN kernel needs (tanh/sigmoid, no recurrent
-dropout, no unroll, bias on); inputs are right-padded with id 0 and never all padding.
+Everything after the embedding is a nested model (``bilstm_attention``) taking the embedded
+tokens and the token ids (for the padding mask), so training can feed it perturbed embeddings
+(adversarial training, :mod:`senti.train`). Pure Keras 3 (layers and ``keras.ops`` only) so
+it runs under the TensorFlow, JAX or PyTorch backends. The LSTM keeps every setting the cuDNN
+kernel needs (tanh/sigmoid, no recurrent dropout, no unroll, bias on); inputs are right-padded
+with id 0 and never all padding.
 """
 
 from __future__ import annotations
@@ -37,20 +40,40 @@ class MaskedGlobalMaxPooling1D(layers.Layer):
         return (input_shape[0], input_shape[2])
 
 
-def build_model(vocab_size: int, num_classes: int, params: ModelParams) -> keras.Model:
-    """The BiLSTM + attention classifier; outputs class probabilities."""
+@keras.saving.register_keras_serializable(package="senti")
+class PaddingMask(layers.Layer):
+    """True where a token id is not padding (id 0)."""
+
+    def call(self, token_ids):
+        return ops.not_equal(token_ids, 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def build_head(num_classes: int, params: ModelParams) -> keras.Model:
+    """Embedded tokens and their ids -> class probabilities (the model minus its embedding)."""
+    embedded = keras.Input(shape=(None, params.embed_dim), name="embedded")
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = layers.Embedding(vocab_size, params.embed_dim, mask_zero=True, name="embedding")(token_ids)
-    x = layers.SpatialDropout1D(params.spatial_dropout, name="embedding_dropout")(x)
+    mask = PaddingMask(name="padding_mask")(token_ids)
+    x = layers.SpatialDropout1D(params.spatial_dropout, name="embedding_dropout")(embedded)
     h = layers.Bidirectional(
-        layers.LSTM(params.lstm_units, return_sequences=True), name="bilstm")(x)
-    attended = layers.Attention(name="self_attention")([h, h])  # query/value masks from h
+        layers.LSTM(params.lstm_units, return_sequences=True), name="bilstm")(x, mask=mask)
+    attended = layers.Attention(name="self_attention")([h, h], mask=[mask, mask])
     pooled = layers.Concatenate(name="pool")([
-        layers.GlobalAveragePooling1D(name="avg_pool")(attended),
-        MaskedGlobalMaxPooling1D(name="max_pool")(attended),
+        layers.GlobalAveragePooling1D(name="avg_pool")(attended, mask=mask),
+        MaskedGlobalMaxPooling1D(name="max_pool")(attended, mask=mask),
     ])
     pooled = layers.Dropout(params.dropout, name="head_dropout")(pooled)
     probabilities = layers.Dense(num_classes, activation="softmax", name="probabilities")(pooled)
+    return keras.Model([embedded, token_ids], probabilities, name="bilstm_attention")
+
+
+def build_model(vocab_size: int, num_classes: int, params: ModelParams) -> keras.Model:
+    """The BiLSTM + attention classifier: token ids -> class probabilities."""
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    embedded = layers.Embedding(vocab_size, params.embed_dim, name="embedding")(token_ids)
+    probabilities = build_head(num_classes, params)([embedded, token_ids])
     return keras.Model(token_ids, probabilities, name="senti_bilstm_attention")
 
 

@@ -3,6 +3,11 @@
 Batches are padded to their own longest text (length-bucketed), not to ``maxlen``: texts
 average ~46 tokens here, so fixed padding to 128 would spend most compute on padding.
 Training resumes from its last epoch after an interruption (``BackupAndRestore``).
+With ``train.adversarial_eps`` > 0 every step also trains on the embeddings pushed, text by
+text, a distance ``eps`` in the direction that most increases the loss (Miyato et al. 2017,
+"Adversarial Training Methods for Semi-Supervised Text Classification"): the regulariser that
+let the BiLSTM beat the linear baseline here (docs/benchmarks.md). That step uses TensorFlow's
+``GradientTape``, so it needs the TensorFlow backend; the model itself stays backend-neutral.
 """
 
 from __future__ import annotations
@@ -104,6 +109,72 @@ def predict_proba(model: keras.Model, sequences: Sequence[Sequence[int]],
     return proba
 
 
+class AdversarialTraining(keras.Model):
+    """Trains ``classifier`` on each batch and on its adversarial perturbation.
+
+    The loss is L(e) + L(e + r), where e are the batch's embedded tokens and r, per text, has
+    L2 norm ``eps`` along the gradient of L at e (treated as a constant). Weights are the
+    classifier's own: once fitted, use ``classifier``; this wrapper is never saved.
+    """
+
+    def __init__(self, classifier: keras.Model, eps: float, **kwargs):
+        super().__init__(**kwargs)
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError("train.adversarial_eps > 0 needs the TensorFlow backend "
+                               f"(KERAS_BACKEND is {keras.backend.backend()!r}); set it to 0")
+        self.classifier = classifier
+        self.eps = eps
+        self.built = True  # its only weights are the (built) classifier's
+
+    @property
+    def embedding(self) -> keras.layers.Layer:
+        return self.classifier.get_layer("embedding")
+
+    @property
+    def head(self) -> keras.Model:
+        return self.classifier.get_layer("bilstm_attention")
+
+    def call(self, token_ids, training=False):
+        return self.classifier(token_ids, training=training)
+
+    def _loss(self, token_ids, y, y_pred, sample_weight):
+        return self.compute_loss(x=token_ids, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=True)
+
+    def clean_pass(self, token_ids, y, sample_weight=None):
+        """One forward/backward pass on the batch as it is: (predictions, loss, the loss's
+        gradients for the trainable variables, the adversarial perturbation of the embedded
+        batch: per text of L2 norm ``eps`` along the gradient of the loss)."""
+        with tf.GradientTape() as tape:
+            embedded = self.embedding(token_ids)
+            y_pred = self.head([embedded, token_ids], training=True)
+            loss = self._loss(token_ids, y, y_pred, sample_weight)
+        *gradients, direction = tape.gradient(loss, [*self.trainable_variables, embedded])
+        norm = tf.sqrt(tf.reduce_sum(tf.square(direction), axis=[1, 2], keepdims=True))
+        return y_pred, loss, gradients, self.eps * direction / (norm + 1e-12)
+
+    def train_step(self, data):
+        token_ids, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, loss, gradients, perturbation = self.clean_pass(token_ids, y, sample_weight)
+        with tf.GradientTape() as tape:  # the perturbation is a constant here
+            perturbed = self.embedding(token_ids) + perturbation
+            adversarial_loss = self._loss(
+                token_ids, y, self.head([perturbed, token_ids], training=True), sample_weight)
+        adversarial_gradients = tape.gradient(adversarial_loss, self.trainable_variables)
+        self.optimizer.apply(
+            [tf.convert_to_tensor(g) + tf.convert_to_tensor(a)
+             for g, a in zip(gradients, adversarial_gradients, strict=True)],
+            self.trainable_variables)
+        # compute_loss divides by the replica count under a distribution strategy.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss * replicas)
+            else:
+                metric.update_state(y, y_pred, sample_weight=sample_weight)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     """n / (k * count_c): each class contributes equally to the loss."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
@@ -151,7 +222,9 @@ def train_model(
 
     with distribution_strategy().scope():
         model = build_model(vocab_size, num_classes, model_params)
-        model.compile(
+        trainer = (AdversarialTraining(model, train_params.adversarial_eps)
+                   if train_params.adversarial_eps > 0 else model)
+        trainer.compile(
             optimizer=keras.optimizers.AdamW(train_params.learning_rate,
                                              weight_decay=train_params.weight_decay),
             loss=keras.losses.CategoricalCrossentropy(
@@ -168,7 +241,7 @@ def train_model(
             monitor="val_loss", factor=train_params.lr_plateau_factor, patience=0))
     weights = (balanced_class_weights(train[1], num_classes)
                if train_params.class_weights else None)
-    history = model.fit(batches(train, True), validation_data=batches(val, False),
+    history = trainer.fit(batches(train, True), validation_data=batches(val, False),
                         epochs=train_params.epochs, callbacks=callbacks,
                         class_weight=weights, verbose=2)
     shutil.rmtree(backup_dir, ignore_errors=True)

@@ -35,6 +35,7 @@ def test_overrides_are_typed_as_yaml():
     (["train.epochs=three"], "train.epochs: expected an integer"),
     (["model.dropout=1.5"], "model.dropout"),
     (["train.lr_plateau_factor=0"], r"train.lr_plateau_factor must be in \(0, 1\]"),
+    (["train.adversarial_eps=-1"], r"train.adversarial_eps must be >= 0"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw

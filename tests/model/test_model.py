@@ -3,10 +3,17 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from senti.config import ModelParams, TrainParams
 from senti.model import build_model, load_model
-from senti.train import bucket_boundaries, make_dataset, predict_proba, train_model
+from senti.train import (
+    AdversarialTraining,
+    bucket_boundaries,
+    make_dataset,
+    predict_proba,
+    train_model,
+)
 
 PARAMS = ModelParams(embed_dim=8, lstm_units=4, dropout=0.1, spatial_dropout=0.1, maxlen=32)
 
@@ -20,7 +27,8 @@ def test_padding_does_not_change_predictions():
 
 
 def test_lstm_stays_cudnn_eligible():
-    lstm = build_model(50, 2, PARAMS).get_layer("bilstm").forward_layer
+    head = build_model(50, 2, PARAMS).get_layer("bilstm_attention")
+    lstm = head.get_layer("bilstm").forward_layer
     config = lstm.get_config()
     assert config["activation"] == "tanh" and config["recurrent_activation"] == "sigmoid"
     assert config["recurrent_dropout"] == 0 and not config["unroll"] and config["use_bias"]
@@ -70,7 +78,8 @@ def test_lr_plateau_factor_cuts_the_rate_after_each_epoch_without_val_gain(tmp_p
         return [list(rng.integers(2, 50, size=8)) for _ in range(n)], rng.integers(0, 2, size=n)
 
     train_params = TrainParams(epochs=4, batch_size=16, learning_rate=0.05, weight_decay=0.0,
-                               label_smoothing=0.0, token_dropout=0.0, patience=10,
+                               label_smoothing=0.0, token_dropout=0.0, adversarial_eps=0.0,
+                               patience=10,
                                lr_plateau_factor=0.5, class_weights=False,
                                bucketed_batches=True, seed=3)
     model, history = train_model(split(128), split(64), 50, 2, PARAMS, train_params,
@@ -82,3 +91,45 @@ def test_lr_plateau_factor_cuts_the_rate_after_each_epoch_without_val_gain(tmp_p
     assert cuts >= 1
     final_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert final_rate == pytest.approx(0.05 * 0.5 ** cuts, rel=1e-5)
+
+
+def _tiny_split(rng, n):
+    return [list(rng.integers(2, 50, size=rng.integers(1, 12))) for _ in range(n)], \
+        rng.integers(0, 2, size=n)
+
+
+def test_adversarial_perturbation_has_norm_eps_per_text_and_raises_the_loss():
+    keras.utils.set_random_seed(0)
+    model = build_model(50, 2, PARAMS)
+    trainer = AdversarialTraining(model, eps=0.05)
+    trainer.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
+    assert len(trainer.trainable_variables) == len(model.trainable_variables)
+    token_ids = tf.constant([[5, 6, 7, 0], [8, 9, 0, 0], [3, 4, 5, 6]], dtype=tf.int32)
+    y = tf.one_hot([0, 1, 1], 2)
+    _, _, gradients, perturbation = trainer.clean_pass(token_ids, y)
+    assert len(gradients) == len(model.trainable_variables)
+    norms = tf.norm(tf.reshape(perturbation, [3, -1]), axis=1)
+    np.testing.assert_allclose(norms, 0.05, rtol=1e-4)
+    np.testing.assert_array_equal(perturbation.numpy()[1, 2:], 0)  # padding untouched
+    head, embedded = model.get_layer("bilstm_attention"), model.get_layer("embedding")(token_ids)
+    loss_fn = keras.losses.CategoricalCrossentropy()
+    clean = loss_fn(y, head([embedded, token_ids], training=False))
+    pushed = loss_fn(y, head([embedded + perturbation, token_ids], training=False))
+    assert float(pushed) > float(clean)
+
+
+def test_adversarial_training_returns_the_plain_classifier(tmp_path):
+    rng = np.random.default_rng(0)
+    base = dict(epochs=2, batch_size=16, learning_rate=0.01, weight_decay=0.0,
+                label_smoothing=0.0, token_dropout=0.0, patience=5, lr_plateau_factor=1.0,
+                class_weights=True, bucketed_batches=True, seed=3)
+    train, val = _tiny_split(rng, 96), _tiny_split(rng, 32)
+    plain, _ = train_model(train, val, 50, 2, PARAMS, TrainParams(**base, adversarial_eps=0.0),
+                           tmp_path / "b1", "test")
+    model, history = train_model(train, val, 50, 2, PARAMS,
+                                 TrainParams(**base, adversarial_eps=1.0), tmp_path / "b2", "test")
+    assert type(model) is type(plain) and len(history["loss"]) == 2
+    assert not np.allclose(model.get_weights()[0], plain.get_weights()[0])  # same seed, other fit
+    model.save(tmp_path / "m.keras")
+    x = np.array([[4, 5, 6]], dtype="int32")
+    np.testing.assert_allclose(load_model(tmp_path / "m.keras")(x), model(x), atol=1e-6)
