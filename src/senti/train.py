@@ -5,9 +5,9 @@ average ~46 tokens here, so fixed padding to 128 would spend most compute on pad
 Training resumes from its last epoch after an interruption (``BackupAndRestore``).
 With ``train.adversarial_eps`` > 0 every step also trains on the embeddings pushed, text by
 text, a distance ``eps`` in the direction that most increases the loss (Miyato et al. 2017,
-"Adversarial Training Methods for Semi-Supervised Text Classification"): the regulariser that
-let the BiLSTM beat the linear baseline here (docs/benchmarks.md). That step uses TensorFlow's
-``GradientTape``, so it needs the TensorFlow backend; the model itself stays backend-neutral.
+"Adversarial Training Methods for Semi-Supervised Text Classification"), the one lever that
+gained the BiLSTM more than its seed spread here (docs/benchmarks.md). That step uses
+TensorFlow's ``GradientTape``, so it needs the TensorFlow backend; the model stays neutral.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def train_model(
     weights = (balanced_class_weights(train[1], num_classes)
                if train_params.class_weights else None)
     history = trainer.fit(batches(train, True), validation_data=batches(val, False),
-                        epochs=train_params.epochs, callbacks=callbacks,
-                        class_weight=weights, verbose=2)
+                          epochs=train_params.epochs, callbacks=callbacks,
+                          class_weight=weights, verbose=2)
     shutil.rmtree(backup_dir, ignore_errors=True)
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
