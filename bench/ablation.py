@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict] = {
     "vocab_10k": {"vocab": {"max_size": 10000}},
     "no_adversarial": {"train": {"adversarial_eps": 0.0}},
     "adversarial_0.5": {"train": {"adversarial_eps": 0.5}},
+    "adversarial_1.5": {"train": {"adversarial_eps": 1.5}},
     "adversarial_2.5": {"train": {"adversarial_eps": 2.5}},
     "batch_128": {"train": {"batch_size": 128, "learning_rate": 0.002}},
 }
