@@ -61,6 +61,10 @@ VARIANTS: dict[str, dict] = {
     "adversarial_1.5": {"train": {"adversarial_eps": 1.5}},
     "adversarial_2.5": {"train": {"adversarial_eps": 2.5}},
     "batch_128": {"train": {"batch_size": 128, "learning_rate": 0.002}},
+    "spatial_dropout_0.4": {"model": {"spatial_dropout": 0.4}},
+    "spatial_dropout_0.2": {"model": {"spatial_dropout": 0.2}},
+    "spatial_dropout_0.1": {"model": {"spatial_dropout": 0.1}},
+    "spatial_dropout_0.0": {"model": {"spatial_dropout": 0.0}},
 }
 
 
