@@ -5,7 +5,9 @@ variant with the library's training code and reports test accuracy / macro-F1 ne
 baseline trained on the same split in the same run. With several ``--seeds`` every variant is
 trained once per seed and reported as mean and standard deviation (a single seed moves test
 accuracy by about a point here). ``--ensembles a+b`` adds rows for the average of the listed
-variants' probabilities, seed by seed.
+variants' probabilities, seed by seed. Every variant starts from word2vec vectors learnt on
+its own token view of the training texts and the extra corpus (``embeddings`` in params.yaml),
+as the pipeline does, unless its spec turns that off.
 
     python bench/ablation.py [--variants NAME ...] [--seeds N ...] [--ensembles A+B ...]
 """
@@ -25,7 +27,8 @@ import pandas as pd
 
 from senti import evaluate as ev
 from senti.config import Layout, load_params
-from senti.stages import encode_split
+from senti.embeddings import initial_embedding
+from senti.stages import encode_split, extra_corpus
 from senti.train import predict_proba, train_model
 from senti.vocab import build_vocab
 
@@ -65,6 +68,9 @@ VARIANTS: dict[str, dict] = {
     "spatial_dropout_0.2": {"model": {"spatial_dropout": 0.2}},
     "spatial_dropout_0.1": {"model": {"spatial_dropout": 0.1}},
     "spatial_dropout_0.0": {"model": {"spatial_dropout": 0.0}},
+    "no_pretraining": {"embeddings": {"epochs": 0}},
+    "pretrain_train_texts_only": {"embeddings": {"extra_corpus": ""}},
+    "pretrain_5_epochs": {"embeddings": {"epochs": 5}},
 }
 
 
@@ -85,21 +91,30 @@ def token_view(frame: pd.DataFrame, mode: str) -> pd.Series:
     return frame["tokens"].map(list)
 
 
-def run_variant(name: str, spec: dict, tokens: pd.DataFrame, labels: list[str],
-                seed: int) -> tuple[dict, np.ndarray]:
-    """Train one variant with one seed; its result row and its test probabilities."""
+def run_variant(name: str, spec: dict, tokens: pd.DataFrame, extra: pd.DataFrame,
+                labels: list[str], seed: int) -> tuple[dict, np.ndarray]:
+    """Train one variant with one seed; its result row and its test probabilities.
+    ``extra`` is the segmented extra corpus of the word vectors (split "extra")."""
     params = load_params(".")
     model_p = dataclasses.replace(params.model, **spec.get("model", {}))
     train_p = dataclasses.replace(params.train, **{**spec.get("train", {}), "seed": seed})
-    frame = tokens.assign(tokens=token_view(tokens, spec.get("tokens", "words")))
-    split = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
+    embed_p = dataclasses.replace(params.embeddings, **spec.get("embeddings", {}))
+    if not embed_p.extra_corpus:
+        extra = extra.iloc[:0]
+    frame = pd.concat([tokens, extra], ignore_index=True)
+    frame = frame.assign(tokens=token_view(frame, spec.get("tokens", "words")))
+    split = {s: frame[frame["split"] == s] for s in ("train", "val", "test", "extra")}
     vocab_p = dataclasses.replace(params.vocab, **spec.get("vocab", {}))
     vocab = build_vocab(split["train"]["tokens"], vocab_p.min_freq, vocab_p.max_size)
-    enc = {s: encode_split(f, vocab, model_p.maxlen, labels) for s, f in split.items()}
+    enc = {s: encode_split(split[s], vocab, model_p.maxlen, labels)
+           for s in ("train", "val", "test")}
     started = time.perf_counter()
+    sentences = [*map(list, split["train"]["tokens"]), *map(list, split["extra"]["tokens"])]
+    embedding, _ = initial_embedding(sentences, vocab.tokens, embed_p, model_p.embed_dim, seed)
     with tempfile.TemporaryDirectory() as backup:
         model, history = train_model(enc["train"], enc["val"], len(vocab), len(labels),
-                                     model_p, train_p, Path(backup) / "b", name)
+                                     model_p, train_p, Path(backup) / "b", name,
+                                     initial_embedding=embedding)
     seconds = time.perf_counter() - started
     proba = predict_proba(model, enc["test"][0])
     metrics = ev.classification_metrics(enc["test"][1], proba, labels)
@@ -130,6 +145,7 @@ def main() -> None:
             parser.error(f"ensemble {ensemble}: {sorted(unknown)} not among --variants")
     layout, params = Layout(Path(".")), load_params(".")
     tokens = pd.read_parquet(layout.tokens)
+    extra = extra_corpus(params, layout).assign(split="extra", label=None)
     labels = json.loads(layout.labels.read_text())
     index = {label: i for i, label in enumerate(labels)}
     train, test = tokens[tokens["split"] == "train"], tokens[tokens["split"] == "test"]
@@ -141,7 +157,8 @@ def main() -> None:
     rows, probas = [], {}
     for seed in args.seeds or [params.train.seed]:
         for name in args.variants:
-            row, probas[name, seed] = run_variant(name, VARIANTS[name], tokens, labels, seed)
+            row, probas[name, seed] = run_variant(name, VARIANTS[name], tokens, extra, labels,
+                                                  seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
         for ensemble in args.ensembles:

@@ -31,7 +31,7 @@ from senti.segment import jieba_version
 # DVC's "to track the changes with git, run ..." hint after every stage is noise here.
 logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
 
-STAGES = ("ingest", "validate", "prepare", "segment", "vocab", "train", "evaluate")
+STAGES = ("ingest", "validate", "prepare", "segment", "vocab", "embeddings", "train", "evaluate")
 
 
 class StageFailed(RuntimeError):

@@ -27,6 +27,8 @@ TINY_PARAMS = {
     "train.epochs": 2,
     "train.adversarial_eps": 0.01,  # an absolute norm: 1.0 suits 64-d embeddings, 12 epochs
     "train.batch_size": 64,
+    "embeddings.epochs": 2,  # real word2vec on the sample; the news corpus is tested alone
+    "embeddings.extra_corpus": "",
 }
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -32,7 +32,8 @@ from senti.io import read_json, sha256_file
 DVC_TAG_PREFIX = "dvc."
 PROMOTE_TAG_PREFIX = "promote."          # written by senti.promote
 CHAMPION_HISTORY_TAG = "champion.history"  # registered-model tag written by senti.promote
-REPORTS = ("ingest", "validation", "prepare", "segment", "vocab")  # reports/<name>.json
+REPORTS = ("ingest", "validation", "prepare", "segment", "vocab",  # reports/<name>.json
+           "embeddings")
 # senti.prepare.clean's steps in order, each with the count of rows it drops.
 CLEANING_STEPS = (("labelled", "dropped_missing_label"), ("non-empty", "dropped_empty_text"),
                   ("de-duplicated", "dropped_duplicates"),
@@ -147,6 +148,7 @@ def model_lineage(version: ModelVersion) -> dict[str, Any]:
     prepare = reports["prepare"] or {}
     segment = reports["segment"] or {}
     vocab = reports["vocab"] or {}
+    embeddings = reports["embeddings"] or {}
     try:
         record = training_record(version)
     except LineageError:
@@ -190,6 +192,9 @@ def model_lineage(version: ModelVersion) -> dict[str, Any]:
                       "user_dict_sha256": segment.get("user_dict_sha256")},
         "vocab": {"sha256": tags.get("vocab.sha256", vocab.get("sha256")),
                   "size": vocab.get("size"), "oov_rate": vocab.get("oov_rate", {})},
+        "embeddings": {key: embeddings.get(key) for key in (
+            "sha256", "pretrained", "corpus_texts", "corpus_tokens", "extra_corpus",
+            "extra_corpus_sha256", "vocab_coverage")},
         "prefect": {"flow_run_id": tags.get("prefect.flow_run_id"),
                     "deployment": tags.get("prefect.deployment")},
         "artifacts_sha256": record.get("artifacts_sha256", {}),
@@ -231,6 +236,10 @@ def render(chain: dict[str, Any]) -> str:
                  f"(sha256 {s['user_dict_sha256']})")
     lines.append(f"vocabulary  sha256 {voc['sha256']}, size {voc['size']}, "
                  f"OOV rate {voc['oov_rate']}")
+    e = chain["embeddings"]
+    lines.append(f"embeddings  sha256 {e['sha256']}, pretrained {e['pretrained']} on "
+                 f"{e['corpus_tokens']} tokens (extra corpus {e['extra_corpus']}, sha256 "
+                 f"{e['extra_corpus_sha256']}), vocabulary coverage {e['vocab_coverage']}")
     p = chain["prefect"]
     lines.append(f"prefect     flow run {p['flow_run_id']}, deployment {p['deployment'] or '-'}")
     lines += [f"artifact    {key}  sha256 {digest}"

@@ -28,6 +28,7 @@ class Stage(StrEnum):
     prepare = "prepare"
     segment = "segment"
     vocab = "vocab"
+    embeddings = "embeddings"
     train = "train"
     evaluate = "evaluate"
 

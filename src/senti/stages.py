@@ -8,6 +8,7 @@ wiring files to library functions.
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import pandas as pd
 
 from senti import ingest as ingest_lib
 from senti import prepare as prepare_lib
-from senti.config import Layout, Params, load_params
-from senti.io import read_json, sha256_file, write_json
+from senti.config import PEOPLES_DAILY, Layout, Params, load_params
+from senti.io import atomic_write_bytes, read_json, sha256_file, write_json
 from senti.validate import DataValidationError, read_raw_csv, validate_frame, write_report
 
 
@@ -77,12 +78,28 @@ def prepare(root: Path | str = ".") -> dict:
     return report
 
 
+def _user_dict(params: Params, layout: Layout) -> Path | None:
+    return layout.root / params.segment.user_dict if params.segment.user_dict else None
+
+
+def extra_corpus(params: Params, layout: Layout) -> pd.DataFrame:
+    """The unlabelled texts (``embeddings.extra_corpus``) word vectors learn from besides the
+    training texts, normalised and segmented as the pipeline's own (columns text, tokens)."""
+    from senti.segment import segment_texts
+
+    if params.embeddings.extra_corpus != PEOPLES_DAILY:
+        return pd.DataFrame({"text": [], "tokens": []})
+    texts = [t for t in map(prepare_lib.normalise_text, ingest_lib.peoples_daily_texts()) if t]
+    return pd.DataFrame({"text": texts, "tokens": segment_texts(
+        texts, _user_dict(params, layout), params.segment.workers)})
+
+
 def segment(root: Path | str = ".") -> dict:
     from senti.segment import jieba_version, segment_texts
 
     params, layout = _context(root)
     dataset = pd.read_parquet(layout.dataset)
-    user_dict = layout.root / params.segment.user_dict if params.segment.user_dict else None
+    user_dict = _user_dict(params, layout)
     started = time.perf_counter()
     dataset["tokens"] = segment_texts(dataset["text"].tolist(), user_dict, params.segment.workers)
     seconds = time.perf_counter() - started
@@ -121,6 +138,45 @@ def vocab(root: Path | str = ".") -> dict:
     return report
 
 
+def embeddings(root: Path | str = ".") -> dict:
+    """Learn word vectors on the training texts (and the extra corpus) and write the initial
+    embedding matrix of the vocabulary."""
+    from senti.embeddings import initial_embedding
+    from senti.vocab import load_vocab
+
+    params, layout = _context(root)
+    tokens, vocabulary = read_tokens(layout), load_vocab(layout.vocab)
+    started = time.perf_counter()
+    sentences: list[list[str]] = []
+    extra = pd.DataFrame({"tokens": []})
+    if params.embeddings.epochs:  # with 0 the corpus is not needed
+        extra = extra_corpus(params, layout)
+        sentences = [*map(list, tokens.loc[tokens["split"] == "train", "tokens"]),
+                     *map(list, extra["tokens"])]
+    matrix, learnt = initial_embedding(sentences, vocabulary.tokens, params.embeddings,
+                                       params.model.embed_dim, params.train.seed)
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    atomic_write_bytes(layout.embeddings, buffer.getvalue())
+    report = {
+        "pretrained": bool(sentences),
+        "corpus_texts": len(sentences),
+        "corpus_tokens": sum(map(len, sentences)),
+        "extra_corpus": params.embeddings.extra_corpus or None,
+        "extra_corpus_texts": len(extra),
+        "extra_corpus_sha256": (sha256_file(ingest_lib.peoples_daily_file())
+                                if len(extra) else None),
+        "vocab_rows_learnt": learnt,
+        "vocab_coverage": round(learnt / len(vocabulary), 5),
+        "shape": list(matrix.shape),
+        "sha256": sha256_file(layout.embeddings),
+    }
+    write_json(layout.embeddings_report, report)
+    print(f"initial embedding {matrix.shape}: {learnt} rows learnt from "
+          f"{report['corpus_tokens']} tokens in {time.perf_counter() - started:.0f}s")
+    return report
+
+
 def train(root: Path | str = ".") -> dict:
     from senti.train import train_model
     from senti.vocab import load_vocab
@@ -134,7 +190,9 @@ def train(root: Path | str = ".") -> dict:
     model, history = train_model(
         splits["train"], splits["val"], len(vocabulary), len(labels), params.model, params.train,
         backup_dir=layout.checkpoints,
-        data_fingerprint=sha256_file(layout.tokens) + sha256_file(layout.vocab))
+        data_fingerprint=sha256_file(layout.tokens) + sha256_file(layout.vocab)
+        + sha256_file(layout.embeddings),
+        initial_embedding=np.load(layout.embeddings, allow_pickle=False))
     seconds = time.perf_counter() - started
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     model.save(layout.model_file)

@@ -202,11 +202,13 @@ def train_model(
     val: tuple[Sequence[Sequence[int]], np.ndarray],
     vocab_size: int, num_classes: int,
     model_params: ModelParams, train_params: TrainParams,
-    backup_dir: Path, data_fingerprint: str,
+    backup_dir: Path, data_fingerprint: str, initial_embedding: np.ndarray | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Fit the classifier with early stopping on validation loss; return (model, history).
 
-    The best epoch's weights are kept. ``backup_dir`` holds the state of an unfinished run:
+    ``initial_embedding`` (``vocab_size`` x ``embed_dim``, e.g. word2vec vectors from
+    :mod:`senti.embeddings`) replaces the random initial embedding. The best epoch's weights
+    are kept. ``backup_dir`` holds the state of an unfinished run:
     started again with the same configuration and data, training resumes where it stopped.
     """
     keras.utils.set_random_seed(train_params.seed)
@@ -222,6 +224,12 @@ def train_model(
 
     with distribution_strategy().scope():
         model = build_model(vocab_size, num_classes, model_params)
+        if initial_embedding is not None:
+            expected = (vocab_size, model_params.embed_dim)
+            if initial_embedding.shape != expected:
+                raise ValueError(f"initial embedding has shape {initial_embedding.shape}, "
+                                 f"the model needs {expected}: rebuild it for this vocabulary")
+            model.get_layer("embedding").set_weights([initial_embedding])
         trainer = (AdversarialTraining(model, train_params.adversarial_eps)
                    if train_params.adversarial_eps > 0 else model)
         trainer.compile(

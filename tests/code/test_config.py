@@ -36,6 +36,9 @@ def test_overrides_are_typed_as_yaml():
     (["model.dropout=1.5"], "model.dropout"),
     (["train.lr_plateau_factor=0"], r"train.lr_plateau_factor must be in \(0, 1\]"),
     (["train.adversarial_eps=-1"], r"train.adversarial_eps must be >= 0"),
+    (["embeddings.epochs=-1"], r"embeddings.epochs must be >= 0"),
+    (["embeddings.row_norm=0"], r"embeddings.row_norm > 0"),
+    (["embeddings.extra_corpus=wikipedia"], r"embeddings.extra_corpus must be one of"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw

@@ -91,6 +91,10 @@ def test_each_version_points_to_its_own_data(project):
         assert chain["segmenter"]["jieba_version"] == "0.42.1"
         assert len(chain["segmenter"]["user_dict_sha256"]) == 64
         assert chain["vocab"]["size"] > 2 and set(chain["vocab"]["oov_rate"]) == {"val", "test"}
+        embeddings = chain["embeddings"]
+        assert embeddings["pretrained"] is True and 0 < embeddings["vocab_coverage"] <= 1
+        assert len(embeddings["sha256"]) == 64 and embeddings["extra_corpus"] is None
+        assert "data/processed/embeddings.npy" in chain["data"]["outputs"]
         assert chain["prefect"]["flow_run_id"] not in (None, "none")
         assert set(chain["artifacts_sha256"]) >= {"model", "vocab", "labels", "user_dict"}
         promote_tags = {k.removeprefix("promote."): val for k, val in version_info.tags.items()

@@ -33,7 +33,8 @@ def test_first_run_runs_every_stage_and_registers(trained):
         assert 0.5 < result["metrics"][who]["accuracy"] <= 1.0
         assert 0.0 < result["metrics"][who]["macro_f1"] <= 1.0
     lock = (root / "dvc.lock").read_text()
-    for stage in ("ingest", "validate", "prepare", "segment", "vocab", "train", "evaluate"):
+    for stage in ("ingest", "validate", "prepare", "segment", "vocab", "embeddings", "train",
+                  "evaluate"):
         assert f"  {stage}:" in lock
 
 
@@ -80,7 +81,8 @@ def test_unchanged_rerun_skips_everything_and_registers_nothing(trained):
     again = retrain(root=str(root))
     skipped = {s for s, status in again["stages"].items() if status == "skipped"}
     # ingest always re-reads the external source; its output is unchanged, so nothing else runs
-    assert skipped == {"validate", "prepare", "segment", "vocab", "train", "evaluate"}
+    assert skipped == {"validate", "prepare", "segment", "vocab", "embeddings", "train",
+                       "evaluate"}
     assert not again["registered"] and again["version"] == "1"
 
 

@@ -165,7 +165,7 @@ def test_unchanged_rerun_is_a_noop_that_says_nothing_changed(served, project):
     assert len(MlflowClient().search_runs([experiment])) == runs_before
     summary = _artifact(run.id)
     assert summary.startswith("# Retrain: nothing changed")
-    for stage in ("validate", "prepare", "segment", "vocab", "train", "evaluate"):
+    for stage in ("validate", "prepare", "segment", "vocab", "embeddings", "train", "evaluate"):
         assert f"| {stage} | skipped |" in summary
     lock = lineage.read_lock(project / "dvc.lock")
     assert "| ingest | re-read the source; output unchanged (md5 " \
