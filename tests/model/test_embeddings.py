@@ -1,16 +1,20 @@
 """Word2vec pretraining of the embedding layer: real gensim, real Keras, tiny corpora."""
 
+import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from senti.config import EmbeddingsParams, ModelParams, TrainParams
+from senti.config import EmbeddingsParams, Layout, ModelParams, TrainParams, load_params
 from senti.embeddings import embedding_matrix, initial_embedding, train_word_vectors
 from senti.ingest import peoples_daily_texts
+from senti.stages import extra_corpus
 from senti.train import train_model
 
+REPO = Path(__file__).resolve().parents[2]
 # Two sentiment poles that share no context words: skip-gram must put the words of one pole
 # nearer each other than the words of the other.
 POSITIVE = [["质量", w, "推荐", "满意"] for w in ("好", "棒", "赞")]
@@ -94,3 +98,16 @@ def test_peoples_daily_is_plain_text_without_tags():
     assert len(texts) > 19000
     assert texts[0] == "迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）"
     assert not any("/n " in t or " " in t for t in texts[:500])
+
+
+def test_extra_corpus_is_the_news_normalised_and_segmented_like_the_pipeline_texts():
+    params = load_params(REPO)
+    with_news = dataclasses.replace(
+        params, embeddings=dataclasses.replace(params.embeddings, extra_corpus="peoples_daily"))
+    news = extra_corpus(with_news, Layout(REPO))
+    assert len(news) > 19000 and news["tokens"].map(len).min() >= 1
+    assert news["text"].iloc[0] == "迈向充满希望的新世纪——一九九八年新年讲话(附图片1张)"  # NFKC
+    assert news["tokens"].iloc[0][:3] == ["迈向", "充满希望", "的"]
+    without = dataclasses.replace(
+        params, embeddings=dataclasses.replace(params.embeddings, extra_corpus=""))
+    assert extra_corpus(without, Layout(REPO)).empty
