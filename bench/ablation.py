@@ -69,8 +69,10 @@ VARIANTS: dict[str, dict] = {
     "spatial_dropout_0.1": {"model": {"spatial_dropout": 0.1}},
     "spatial_dropout_0.0": {"model": {"spatial_dropout": 0.0}},
     "no_pretraining": {"embeddings": {"epochs": 0}},
-    "pretrain_train_texts_only": {"embeddings": {"extra_corpus": ""}},
-    "pretrain_5_epochs": {"embeddings": {"epochs": 5}},
+    "skipgram_train_texts_only": {"embeddings": {"architecture": "skipgram", "extra_corpus": ""}},
+    "skipgram_5_epochs": {"embeddings": {"architecture": "skipgram", "epochs": 5}},
+    "pretrain_skipgram": {"embeddings": {"architecture": "skipgram"}},
+    "pretrain_downsample_1e-5": {"embeddings": {"downsample": 1e-5}},
 }
 
 

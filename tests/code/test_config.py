@@ -39,6 +39,8 @@ def test_overrides_are_typed_as_yaml():
     (["embeddings.epochs=-1"], r"embeddings.epochs must be >= 0"),
     (["embeddings.row_norm=0"], r"embeddings.row_norm > 0"),
     (["embeddings.extra_corpus=wikipedia"], r"embeddings.extra_corpus must be one of"),
+    (["embeddings.architecture=glove"], r"embeddings.architecture must be one of"),
+    (["embeddings.downsample=1"], r"embeddings.downsample must be in \[0, 1\)"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw

@@ -15,20 +15,23 @@ from senti.stages import extra_corpus
 from senti.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
-# Two sentiment poles that share no context words: skip-gram must put the words of one pole
+# Two sentiment poles that share no context words: word2vec must put the words of one pole
 # nearer each other than the words of the other.
 POSITIVE = [["质量", w, "推荐", "满意"] for w in ("好", "棒", "赞")]
 NEGATIVE = [["服务", w, "退货", "失望"] for w in ("差", "烂", "糟")]
 CORPUS = (POSITIVE + NEGATIVE) * 40
-PARAMS = EmbeddingsParams(epochs=20, extra_corpus="", window=2, row_norm=0.7)
+PARAMS = EmbeddingsParams(epochs=20, extra_corpus="", architecture="skipgram", window=2,
+                          downsample=0.0, row_norm=0.7)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def test_vectors_learn_which_words_share_contexts():
-    vectors = train_word_vectors(CORPUS, 16, window=2, epochs=20, seed=1)
+@pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
+def test_vectors_learn_which_words_share_contexts(architecture):
+    params = dataclasses.replace(PARAMS, architecture=architecture)
+    vectors = train_word_vectors(CORPUS, 16, params, seed=1)
     assert set(vectors) == {w for s in CORPUS for w in s}
     same = _cosine(vectors["好"], vectors["棒"])
     other = _cosine(vectors["好"], vectors["差"])
@@ -38,8 +41,8 @@ def test_vectors_learn_which_words_share_contexts():
 def test_vectors_are_the_same_in_every_process():
     # Python salts str hashes per process; the vectors must not depend on that.
     code = ("from senti.embeddings import train_word_vectors; from tests.model.test_embeddings "
-            "import CORPUS; print(train_word_vectors(CORPUS, 8, window=2, epochs=2, "
-            "seed=1)['好'].tobytes().hex())")
+            "import CORPUS, PARAMS; print(train_word_vectors(CORPUS, 8, PARAMS, seed=1)"
+            "['好'].tobytes().hex())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
             for seed in ("1", "2")}
@@ -67,7 +70,7 @@ def test_matrix_rejects_vectors_of_another_size_and_a_bad_norm():
 
 def test_no_pretraining_gives_a_random_matrix_without_a_corpus():
     tokens = ["<pad>", "<oov>", "好"]
-    off = EmbeddingsParams(epochs=0, extra_corpus="", window=2, row_norm=0.7)
+    off = dataclasses.replace(PARAMS, epochs=0)
     matrix, learnt = initial_embedding(CORPUS, tokens, off, 4, seed=0)
     assert learnt == 0 and np.all(np.abs(matrix) <= 0.05)
     matrix, learnt = initial_embedding(CORPUS, tokens, PARAMS, 4, seed=0)
