@@ -72,7 +72,7 @@ VARIANTS: dict[str, dict] = {
     "skipgram_train_texts_only": {"embeddings": {"architecture": "skipgram", "extra_corpus": ""}},
     "skipgram_5_epochs": {"embeddings": {"architecture": "skipgram", "epochs": 5}},
     "pretrain_skipgram": {"embeddings": {"architecture": "skipgram"}},
-    "pretrain_downsample_1e-5": {"embeddings": {"downsample": 1e-5}},
+    "skipgram_downsample_1e-5": {"embeddings": {"architecture": "skipgram", "downsample": 1e-5}},
 }
 
 
