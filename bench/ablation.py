@@ -71,7 +71,7 @@ VARIANTS: dict[str, dict] = {
     "no_pretraining": {"embeddings": {"epochs": 0}},
     "skipgram_train_texts_only": {"embeddings": {"architecture": "skipgram", "extra_corpus": ""}},
     "skipgram_5_epochs": {"embeddings": {"architecture": "skipgram", "epochs": 5}},
-    "pretrain_skipgram": {"embeddings": {"architecture": "skipgram"}},
+    "skipgram": {"embeddings": {"architecture": "skipgram"}},
     "skipgram_downsample_1e-5": {"embeddings": {"architecture": "skipgram", "downsample": 1e-5}},
 }
 

@@ -38,11 +38,13 @@ def test_vectors_learn_which_words_share_contexts(architecture):
     assert same > other + 0.3
 
 
-def test_vectors_are_the_same_in_every_process():
+@pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
+def test_vectors_are_the_same_in_every_process(architecture):
     # Python salts str hashes per process; the vectors must not depend on that.
-    code = ("from senti.embeddings import train_word_vectors; from tests.model.test_embeddings "
-            "import CORPUS, PARAMS; print(train_word_vectors(CORPUS, 8, PARAMS, seed=1)"
-            "['好'].tobytes().hex())")
+    code = ("import dataclasses; from senti.embeddings import train_word_vectors; "
+            "from tests.model.test_embeddings import CORPUS, PARAMS; "
+            f"params = dataclasses.replace(PARAMS, architecture={architecture!r}); "
+            "print(train_word_vectors(CORPUS, 8, params, seed=1)['好'].tobytes().hex())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
             for seed in ("1", "2")}
