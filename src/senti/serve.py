@@ -21,10 +21,10 @@ import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from senti.inference import compile_inference, pad_batch
 from senti.model import load_model
 from senti.prepare import normalise_text
 from senti.segment import Segmenter
-from senti.train import compile_inference, pad_batch
 from senti.vocab import load_vocab
 
 TEXT_COLUMN = "text"

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from senti.io import atomic_write_bytes, sha256_bytes
 
 PAD_ID = 0
@@ -79,3 +81,18 @@ def save_vocab(vocab: Vocabulary, path: Path) -> str:
 
 def load_vocab(path: Path) -> Vocabulary:
     return Vocabulary.from_json(Path(path).read_bytes())
+
+
+
+def class_indices(labels: Iterable[str], label_order: Sequence[str]) -> np.ndarray:
+    """Each label's index in ``label_order`` (the class order of ``labels.json``)."""
+    index = {label: i for i, label in enumerate(label_order)}
+    return np.fromiter((index[label] for label in labels), dtype=np.int64)
+
+
+def encode_split(token_lists: Iterable[Sequence[str]], labels: Iterable[str], vocab: Vocabulary,
+                 maxlen: int, label_order: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids (:meth:`Vocabulary.encode`) and class indices of one split: the model's
+    training and test input."""
+    return ([vocab.encode(list(tokens), maxlen) for tokens in token_lists],
+            class_indices(labels, label_order))

@@ -1,0 +1,52 @@
+"""Stage ``train``: fit the BiLSTM on the encoded training split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from senti.config import load_context
+from senti.io import read_json, sha256_file, write_json
+from senti.stages import main
+from senti.train import train_model
+from senti.vocab import encode_split, load_vocab
+
+
+def run(root: Path) -> dict:
+    params, layout = load_context(root)
+    tokens, vocabulary = pd.read_parquet(layout.tokens), load_vocab(layout.vocab)
+    labels = read_json(layout.labels)
+    splits = {s: encode_split(part["tokens"], part["label"], vocabulary, params.model.maxlen,
+                              labels)
+              for s, part in ((s, tokens[tokens["split"] == s]) for s in ("train", "val"))}
+    started = time.perf_counter()
+    model, history = train_model(
+        splits["train"], splits["val"], len(vocabulary), len(labels), params.model, params.train,
+        backup_dir=layout.checkpoints,
+        data_fingerprint=sha256_file(layout.tokens) + sha256_file(layout.vocab)
+        + sha256_file(layout.embeddings),
+        initial_embedding=np.load(layout.embeddings, allow_pickle=False))
+    seconds = time.perf_counter() - started
+    layout.model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(layout.model_file)
+    pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(
+        layout.train_history, index=False)
+    best = int(np.argmin(history["val_loss"]))
+    report = {
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "best_val_loss": round(history["val_loss"][best], 5),
+        "best_val_accuracy": round(history["val_accuracy"][best], 5),
+        "train_rows": len(splits["train"][1]),
+        "parameters": int(model.count_params()),
+    }
+    write_json(layout.train_report, report)
+    print(f"trained {report['epochs_run']} epochs in {seconds:.0f}s; best epoch {best + 1}")
+    return report
+
+
+if __name__ == "__main__":
+    main(run)

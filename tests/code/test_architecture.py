@@ -1,0 +1,142 @@
+"""The architecture, checked: what each DVC stage runs, and which module may import which tool.
+
+Both rules are read from the import statements of the code (``ast``, every import at any
+depth, ``if TYPE_CHECKING:`` blocks excepted), so they hold for the code as it is, not as it
+was documented.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "src"
+
+# Each heavy tool lives behind the modules listed here; importing it anywhere else fails.
+TOOL_HOMES = {
+    "prefect": {"flows"},
+    "dvc": {"senti.versioning"},
+    "dvc_data": {"senti.versioning"},
+    "mlflow": {"senti.registry", "senti.lineage", "senti.serve", "senti.pyfunc_model"},
+    "great_expectations": {"senti.validate"},
+    "jieba": {"senti.segment"},
+    "gensim": {"senti.embeddings"},
+    "keras": {"senti.model", "senti.train", "senti.inference"},
+    "tensorflow": {"senti.train", "senti.inference"},
+}
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a ``senti`` module (a package's ``__init__.py``), if it exists."""
+    base = SRC.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_names(tree: ast.AST) -> Iterator[str]:
+    """Every module an AST imports (``from a import b`` gives ``a`` and ``a.b``)."""
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            nodes.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+        nodes.extend(ast.iter_child_nodes(node))
+
+
+def senti_closure(module: str) -> set[str]:
+    """``module`` and every ``senti`` module it imports, directly or not, with the packages
+    that hold them (their ``__init__`` runs too)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix in seen or module_file(prefix) is None:
+                continue
+            seen.add(prefix)
+            tree = ast.parse(module_file(prefix).read_text(encoding="utf-8"))  # type: ignore[union-attr]
+            todo.extend(n for n in imported_names(tree) if n.split(".")[0] == "senti")
+    return seen
+
+
+def dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {d for d in stage.get("deps", []) if d.startswith("src/")}
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_each_stage_depends_on_exactly_the_code_it_runs(name):
+    stage = dvc_stages()[name]
+    assert stage["cmd"] == f"python -m senti.stages.{name}"
+    runs = {module_file(m).relative_to(REPO).as_posix()  # type: ignore[union-attr]
+            for m in senti_closure(f"senti.stages.{name}")}
+    declared = code_deps(stage)
+    assert not runs - declared, f"stage {name} runs code dvc.yaml does not list"
+    assert not declared - runs, f"dvc.yaml lists code stage {name} does not run"
+
+
+def test_every_stage_module_is_a_dvc_stage():
+    modules = {p.stem for p in (SRC / "senti" / "stages").glob("*.py") if p.stem != "__init__"}
+    assert modules == set(dvc_stages())
+
+
+def test_serving_does_not_import_training():
+    assert "senti.train" not in senti_closure("senti.serve")
+    assert "senti.train" not in senti_closure("senti.pyfunc_model")
+
+
+def _python_files() -> Iterator[tuple[str, Path]]:
+    for path in sorted((SRC / "senti").rglob("*.py")):
+        yield ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(
+            ".__init__"), path
+    for path in sorted((REPO / "flows").rglob("*.py")):
+        yield ".".join(path.relative_to(REPO).with_suffix("").parts), path
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_HOMES))
+def test_each_tool_is_imported_only_by_its_modules(tool):
+    homes = TOOL_HOMES[tool]
+    offenders = []
+    for module, path in _python_files():
+        allowed = any(module == home or module.startswith(f"{home}.") for home in homes)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not allowed and any(n.split(".")[0] == tool for n in imported_names(tree)):
+            offenders.append(module)
+    assert not offenders, f"{tool} imported outside {sorted(homes)}: {offenders}"
+
+
+def test_flows_hold_only_flows_and_deployments():
+    from prefect import Flow
+
+    import flows
+    modules = {p.stem for p in (REPO / "flows").glob("*.py") if p.stem != "__init__"}
+    for stem in modules - {"deployments"}:
+        module = __import__(f"flows.{stem}", fromlist=["*"])
+        public = [getattr(module, n) for n in dir(module) if not n.startswith("_")
+                  and getattr(getattr(module, n), "__module__", None) == module.__name__]
+        assert any(isinstance(obj, Flow) for obj in public), f"flows/{stem}.py has no flow"
+    assert flows.__doc__
