@@ -15,7 +15,6 @@ as the pipeline does, unless its spec turns that off.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -26,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from senti import evaluate as ev
-from senti.config import Layout, load_params
+from senti.config import load_context, load_params
 from senti.embeddings import initial_embedding
-from senti.stages import encode_split, extra_corpus
-from senti.train import predict_proba, train_model
-from senti.vocab import build_vocab
+from senti.inference import predict_proba
+from senti.stages.embeddings import extra_corpus
+from senti.train import train_model
+from senti.vocab import build_vocab, encode_split
 
 VARIANTS: dict[str, dict] = {
     "defaults": {},
@@ -98,17 +98,17 @@ def run_variant(name: str, spec: dict, tokens: pd.DataFrame, extra: pd.DataFrame
     """Train one variant with one seed; its result row and its test probabilities.
     ``extra`` is the segmented extra corpus of the word vectors (split "extra")."""
     params = load_params(".")
-    model_p = dataclasses.replace(params.model, **spec.get("model", {}))
-    train_p = dataclasses.replace(params.train, **{**spec.get("train", {}), "seed": seed})
-    embed_p = dataclasses.replace(params.embeddings, **spec.get("embeddings", {}))
+    model_p = params.model.model_copy(update=spec.get("model", {}))
+    train_p = params.train.model_copy(update={**spec.get("train", {}), "seed": seed})
+    embed_p = params.embeddings.model_copy(update=spec.get("embeddings", {}))
     if not embed_p.extra_corpus:
         extra = extra.iloc[:0]
     frame = pd.concat([tokens, extra], ignore_index=True)
     frame = frame.assign(tokens=token_view(frame, spec.get("tokens", "words")))
     split = {s: frame[frame["split"] == s] for s in ("train", "val", "test", "extra")}
-    vocab_p = dataclasses.replace(params.vocab, **spec.get("vocab", {}))
+    vocab_p = params.vocab.model_copy(update=spec.get("vocab", {}))
     vocab = build_vocab(split["train"]["tokens"], vocab_p.min_freq, vocab_p.max_size)
-    enc = {s: encode_split(split[s], vocab, model_p.maxlen, labels)
+    enc = {s: encode_split(split[s]["tokens"], split[s]["label"], vocab, model_p.maxlen, labels)
            for s in ("train", "val", "test")}
     started = time.perf_counter()
     sentences = [*map(list, split["train"]["tokens"]), *map(list, split["extra"]["tokens"])]
@@ -145,7 +145,7 @@ def main() -> None:
     for ensemble in args.ensembles:
         if unknown := set(ensemble.split("+")) - set(args.variants):
             parser.error(f"ensemble {ensemble}: {sorted(unknown)} not among --variants")
-    layout, params = Layout(Path(".")), load_params(".")
+    params, layout = load_context(".")
     tokens = pd.read_parquet(layout.tokens)
     extra = extra_corpus(params, layout).assign(split="extra", label=None)
     labels = json.loads(layout.labels.read_text())

@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
-from senti.config import Layout, load_params
+from senti.config import load_context, load_params
 from senti.model import build_model
-from senti.stages import encode_split
 from senti.train import make_dataset
-from senti.vocab import load_vocab
+from senti.vocab import encode_split, load_vocab
 
 
 def samples_per_second(seqs, y, num_classes, vocab_size, bucketed: bool) -> float:
@@ -41,12 +39,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=6400)
     args = parser.parse_args()
-    layout, params = Layout(Path(".")), load_params(".")
+    params, layout = load_context(".")
     tokens = pd.read_parquet(layout.tokens)
     train = tokens[tokens["split"] == "train"].head(args.samples)
     labels = json.loads(layout.labels.read_text())
     vocab = load_vocab(layout.vocab)
-    seqs, y = encode_split(train, vocab, params.model.maxlen, labels)
+    seqs, y = encode_split(train["tokens"], train["label"], vocab, params.model.maxlen, labels)
     naive = samples_per_second(seqs, y, len(labels), len(vocab), bucketed=False)
     bucketed = samples_per_second(seqs, y, len(labels), len(vocab), bucketed=True)
     lengths = np.array([len(s) for s in seqs])

@@ -1,17 +1,15 @@
-"""Prefect flow ``retrain``: the DVC pipeline stage by stage, then MLflow registration.
+"""Prefect flow ``retrain``: the DVC pipeline stage by stage, then MLflow registration and
+the promotion gate.
 
-Each stage runs through DVC, so a stage whose dependencies and params are unchanged is
-skipped and dvc.lock records every hash. Works with the ephemeral Prefect API (no server
-configured) and against a server when ``PREFECT_API_URL`` is set.
+Each stage runs through DVC (:func:`senti.versioning.reproduce`), so a stage whose
+dependencies and params are unchanged is skipped and dvc.lock records every hash. The stage
+list is dvc.yaml's. Works with the ephemeral Prefect API (no server configured) and against
+a server when ``PREFECT_API_URL`` is set.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 import time
-from contextlib import chdir, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import deployment, flow_run
 
-from flows import lineage as lineage_flows
 from flows.promote import gate_new_version
-from senti import lineage, registry
-from senti.config import Layout, load_params, write_overrides
+from senti import lineage, registry, tags, versioning
+from senti.config import Layout, load_context, write_overrides
 from senti.io import read_json
 from senti.segment import jieba_version
-
-# DVC's "to track the changes with git, run ..." hint after every stage is noise here.
-logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
-
-STAGES = ("ingest", "validate", "prepare", "segment", "vocab", "embeddings", "train", "evaluate")
 
 
 class StageFailed(RuntimeError):
@@ -52,19 +44,6 @@ class RetrainResult:
     nothing_changed: bool = False
 
 
-@contextmanager
-def _stage_environment(root: str):
-    """DVC resolves stage paths from the working directory, and stage commands
-    (``senti stage ...``) must run with this interpreter's environment."""
-    saved = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved}"
-    try:
-        with chdir(root):
-            yield
-    finally:
-        os.environ["PATH"] = saved
-
-
 def _failure_detail(layout: Layout, stage: str) -> str:
     if stage == "validate" and layout.validation_report.exists():
         report = read_json(layout.validation_report)
@@ -79,19 +58,15 @@ def _failure_detail(layout: Layout, stage: str) -> str:
 @task(name="dvc-stage", task_run_name="{stage}")
 def run_stage(root: str, stage: str) -> str:
     """``dvc repro --single-item <stage>``; returns "ran" or "skipped"."""
-    from dvc.exceptions import ReproductionError
-    from dvc.repo import Repo
-
-    logger = get_run_logger()
     started = time.perf_counter()
     try:
-        with _stage_environment(root), Repo(root) as repo:
-            ran = repo.reproduce(stage, single_item=True)
-    except ReproductionError as exc:
-        detail = _failure_detail(Layout(Path(root)), stage)
-        raise StageFailed(f"stage {stage!r} failed; downstream stages not run.\n{detail}") from exc
+        ran = versioning.reproduce(root, stage)
+    except versioning.StageError as exc:
+        _, layout = load_context(root)
+        raise StageFailed(f"stage {stage!r} failed; downstream stages not run.\n"
+                          f"{_failure_detail(layout, stage)}") from exc
     status = "ran" if ran else "skipped"
-    logger.info("stage %s %s (%.1fs)", stage, status, time.perf_counter() - started)
+    get_run_logger().info("stage %s %s (%.1fs)", stage, status, time.perf_counter() - started)
     return status
 
 
@@ -100,7 +75,7 @@ def push_data(root: str) -> int | None:
     """``dvc push`` to the default remote, so every data version a registered model points
     to can be fetched later (``senti lineage verify|checkout``). Runs before registration: a
     version is registered only once its data is in the remote."""
-    pushed = lineage_flows.push(root)
+    pushed = versioning.push(root)
     if pushed is None:
         get_run_logger().warning("no default DVC remote: data not pushed (see docs/lineage.md)")
     else:
@@ -109,77 +84,62 @@ def push_data(root: str) -> int | None:
 
 
 @task(name="register-model")
-def register(root: str, flow_run_id: str | None) -> registry.RegisteredVersion:
-    """Log the run to MLflow and register the model, unless these inputs already were."""
-    layout = Layout(Path(root))
-    params = load_params(root)
+def register(root: str, flow_run_id: str | None) -> tuple[registry.RegisteredVersion,
+                                                           str | None]:
+    """Log the run to MLflow and register the model, unless these inputs already were.
+    Returns the version and, for an existing one, the gate decision recorded on it."""
+    params, layout = load_context(root)
     registry.configure(layout, params.registry.experiment)
-    lock = lineage.read_lock(layout.dvc_lock)
-    fingerprint = lineage.inputs_fingerprint(lock)
+    lock = versioning.read_lock(root)
+    fingerprint = versioning.inputs_fingerprint(lock)
     found = registry.find_version(params.registry.model_name, fingerprint)
     if found is not None:
         get_run_logger().info("inputs unchanged: version %s already has them", found.version)
-        return registry.existing(found)
+        judged = found.tags.get(tags.DECISION)
+        when = found.tags.get(tags.DECIDED_AT, "time unknown")
+        return registry.existing(found), judged and f"{judged}, {when}"
     git = lineage.git_state(layout.root)
-    tags = {f"dvc.{key}": value for key, value in lineage.stage_hashes(lock).items()}
-    tags.update({
-        "git.commit": git.commit or "unknown",
-        "git.dirty": str(git.dirty),
-        "jieba.version": jieba_version(),
-        "vocab.sha256": read_json(layout.vocab_report)["sha256"],
-        "prefect.flow_run_id": flow_run_id or "none",
-        "prefect.deployment": deployment.name or "none",  # "none": run from the CLI
+    run_tags = {f"{tags.DVC_PREFIX}{key}": value
+                for key, value in versioning.stage_hashes(lock).items()}
+    run_tags.update({
+        tags.GIT_COMMIT: git.commit or "unknown",
+        tags.GIT_DIRTY: str(git.dirty),
+        tags.JIEBA_VERSION: jieba_version(),
+        tags.VOCAB_SHA256: read_json(layout.vocab_report)["sha256"],
+        tags.PREFECT_FLOW_RUN: flow_run_id or tags.NONE,
+        tags.PREFECT_DEPLOYMENT: deployment.name or tags.NONE,  # none: run from the CLI
     })
-    return registry.log_retrain(layout, params, tags, fingerprint)
+    return registry.log_retrain(layout, params, run_tags, fingerprint), None
 
 
-def _ingest_output(layout: Layout) -> str | None:
-    """md5 of the raw copy as dvc.lock records it (None before the first run)."""
-    outs = lineage.read_lock(layout.dvc_lock).get("ingest", {}).get("outs") or [{}]
-    return outs[0].get("md5")
-
-
-def _already_judged(root: str, version: str) -> dict[str, Any] | None:
-    """The gate's recorded decision on ``version`` as a promotion result, or None if the gate
-    never judged it (e.g. the last run stopped after registering). Inputs unchanged since
-    then, so rerunning it would only repeat the decision, or undo a rollback."""
-    from mlflow import MlflowClient
-
-    from senti.promote import TAG_PREFIX
-
-    params = load_params(root)
-    registry.configure(Layout(Path(root)), params.registry.experiment)
-    name = params.registry.model_name
-    tags = MlflowClient().get_model_version(name, version).tags
-    decision = tags.get(f"{TAG_PREFIX}decision")
-    if decision is None:
-        return None
-    return {"challenger": version, "champion": registry.alias_version(name, registry.CHAMPION),
+def _already_judged(root: str, version: str, judged: str) -> dict[str, Any]:
+    """The gate's recorded decision on an existing ``version`` as a promotion result: its
+    inputs are unchanged, so rerunning the gate would only repeat it, or undo a rollback."""
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    return {"challenger": version,
+            "champion": registry.alias_version(params.registry.model_name, tags.CHAMPION),
             "promoted": False, "decision": "unchanged",
-            "reason": f"inputs unchanged; version {version} was judged already "
-                      f"({decision}, {tags.get(f'{TAG_PREFIX}time', 'time unknown')}): "
-                      "`senti promote --version " f"{version}` reruns the gate"}
+            "reason": f"inputs unchanged; version {version} was judged already ({judged}): "
+                      f"`senti promote --version {version}` reruns the gate"}
 
 
-def _nothing_changed_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
+def _summary_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
     def status(stage: str, state: str) -> str:
-        if stage == "ingest":  # always_changed: DVC reruns it to re-read the source
+        if result.nothing_changed and stage == "ingest":  # always_changed: DVC reruns it
             return f"re-read the source; output unchanged (md5 `{ingest_md5}`)"
         return state
     rows = "\n".join(f"| {s} | {status(s, state)} |" for s, state in result.stages.items())
-    return (f"# Retrain: nothing changed\n\n"
-            f"Data and params are unchanged since version **{result.version}** "
-            f"(`{result.model_uri}`): no new version was registered.\n\n"
-            f"## What was checked\n\n| stage | status |\n|---|---|\n{rows}\n\n"
-            f"- inputs fingerprint (dvc.lock: every stage's command and params, the source "
-            f"dependencies, the raw data hash): `{result.fingerprint}`\n"
-            f"- registered version with this fingerprint: **{result.version}**\n"
-            f"- promotion gate: **{result.promotion.get('decision', 'not run')}**: "
+    gate = (f"Promotion gate: **{result.promotion.get('decision', 'not run')}**: "
             f"{result.promotion.get('reason', '')}\n")
-
-
-def _summary_markdown(result: RetrainResult) -> str:
-    rows = "\n".join(f"| {s} | {status} |" for s, status in result.stages.items())
+    if result.nothing_changed:
+        return (f"# Retrain: nothing changed\n\n"
+                f"Data and params are unchanged since version **{result.version}** "
+                f"(`{result.model_uri}`): no new version was registered.\n\n"
+                f"## What was checked\n\n| stage | status |\n|---|---|\n{rows}\n\n"
+                f"- inputs fingerprint (dvc.lock: every stage's command and params, the source "
+                f"dependencies, the raw data hash): `{result.fingerprint}`\n"
+                f"- registered version with this fingerprint: **{result.version}**\n- {gate}")
     model, baseline = result.metrics.get("model", {}), result.metrics.get("baseline", {})
     registered = ("registered new version" if result.registered
                   else "nothing changed: no new version")
@@ -188,9 +148,7 @@ def _summary_markdown(result: RetrainResult) -> str:
             f"| | accuracy | macro-F1 |\n|---|---|---|\n"
             f"| BiLSTM | {model.get('accuracy', 0):.4f} | {model.get('macro_f1', 0):.4f} |\n"
             f"| baseline | {baseline.get('accuracy', 0):.4f} | "
-            f"{baseline.get('macro_f1', 0):.4f} |\n\n"
-            f"Promotion gate: **{result.promotion.get('decision', 'not run')}**: "
-            f"{result.promotion.get('reason', '')}\n")
+            f"{baseline.get('macro_f1', 0):.4f} |\n\n{gate}")
 
 
 @flow(name="retrain", log_prints=True)
@@ -203,39 +161,35 @@ def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[st
     ``--set key=value``); params.yaml is restored afterwards, whatever happens.
     """
     root = str(Path(root).resolve())
-    layout = Layout(Path(root))
+    _, layout = load_context(root)
     # checked against params.yaml like `senti retrain --set` before anything runs, so a
     # deployment run with parameters={"overrides": {...}} fails the same way
     original = write_overrides(root, overrides) if overrides else None
     result = RetrainResult()
-    ingest_before = _ingest_output(layout)
+    ingest_before = versioning.output_hash(versioning.read_lock(root), "ingest")
     try:
-        for stage in STAGES:
+        for stage in versioning.stages(root):
             result.stages[stage] = run_stage(root, stage)
-        ingest_after = _ingest_output(layout)
+        lock = versioning.read_lock(root)
         result.pushed = push_data(root)
-        version = register(root, flow_run.get_id())
-        judged = None if version.created else _already_judged(root, version.version)
-        result.promotion = judged or gate_new_version(root, version.version)
+        version, judged = register(root, flow_run.get_id())
+        result.promotion = (_already_judged(root, version.version, judged) if judged
+                            else gate_new_version(root, version.version))
     finally:
         if original is not None:
             (Path(root) / "params.yaml").write_text(original, encoding="utf-8")
+    ingest_after = versioning.output_hash(lock, "ingest")
     result.version, result.model_uri = version.version, version.model_uri
     result.registered = version.created
     result.metrics = read_json(layout.metrics)
-    result.fingerprint = lineage.inputs_fingerprint(lineage.read_lock(layout.dvc_lock))
+    result.fingerprint = versioning.inputs_fingerprint(lock)
     result.nothing_changed = (
         not version.created and ingest_before is not None and ingest_after == ingest_before
         and all(status == "skipped" for stage, status in result.stages.items()
                 if stage != "ingest"))
-    if result.nothing_changed:
-        create_markdown_artifact(
-            _nothing_changed_markdown(result, ingest_after), key="retrain-summary",
-            description=f"nothing changed: every stage skipped, version {result.version} "
-                        "already has these inputs")
-    else:
-        create_markdown_artifact(_summary_markdown(result), key="retrain-summary",
-                                 description="stages run or skipped, model version, test "
-                                             "metrics")
+    create_markdown_artifact(
+        _summary_markdown(result, ingest_after), key="retrain-summary",
+        description=(f"nothing changed: every stage skipped, version {result.version} already "
+                     "has these inputs") if result.nothing_changed
+        else "stages run or skipped, model version, test metrics")
     return asdict(result)
-

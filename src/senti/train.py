@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -184,7 +183,7 @@ def train_model(
     started again with the same configuration and data, training resumes where it stopped.
     """
     keras.utils.set_random_seed(train_params.seed)
-    config = {"model": asdict(model_params), "train": asdict(train_params),
+    config = {"model": model_params.model_dump(), "train": train_params.model_dump(),
               "data": data_fingerprint, "vocab_size": vocab_size, "classes": num_classes}
     _prepare_backup_dir(backup_dir, sha256_bytes(json.dumps(config, sort_keys=True).encode()))
 

@@ -130,13 +130,19 @@ def test_each_tool_is_imported_only_by_its_modules(tool):
 
 
 def test_flows_hold_only_flows_and_deployments():
-    from prefect import Flow
+    """flows/: a module of flows defines at least one flow and no public plain function
+    (library code belongs in senti/); flows/deployments.py declares the deployments."""
+    import inspect
 
-    import flows
-    modules = {p.stem for p in (REPO / "flows").glob("*.py") if p.stem != "__init__"}
-    for stem in modules - {"deployments"}:
-        module = __import__(f"flows.{stem}", fromlist=["*"])
-        public = [getattr(module, n) for n in dir(module) if not n.startswith("_")
-                  and getattr(getattr(module, n), "__module__", None) == module.__name__]
-        assert any(isinstance(obj, Flow) for obj in public), f"flows/{stem}.py has no flow"
-    assert flows.__doc__
+    from prefect import Flow, Task
+
+    for path in sorted((REPO / "flows").glob("*.py")):
+        if path.stem in ("__init__", "deployments"):
+            continue
+        module = __import__(f"flows.{path.stem}", fromlist=["*"])
+        own = {n: v for n, v in vars(module).items() if not n.startswith("_")
+               and getattr(v, "__module__", None) == module.__name__}
+        assert any(isinstance(v, Flow) for v in own.values()), f"{path.name} has no flow"
+        plain = [n for n, v in own.items() if inspect.isfunction(v)]
+        assert not plain, f"{path.name}: {plain} are neither flows nor tasks"
+        assert all(isinstance(v, Flow | Task) or inspect.isclass(v) for v in own.values())

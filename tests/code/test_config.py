@@ -37,10 +37,13 @@ def test_overrides_are_typed_as_yaml():
     (["train.lr_plateau_factor=0"], r"train.lr_plateau_factor must be in \(0, 1\]"),
     (["train.adversarial_eps=-1"], r"train.adversarial_eps must be >= 0"),
     (["embeddings.epochs=-1"], r"embeddings.epochs must be >= 0"),
-    (["embeddings.row_norm=0"], r"embeddings.row_norm > 0"),
+    (["embeddings.row_norm=0"], r"embeddings.row_norm must be > 0, got 0"),
     (["embeddings.extra_corpus=wikipedia"], r"embeddings.extra_corpus must be one of"),
     (["embeddings.architecture=glove"], r"embeddings.architecture must be one of"),
     (["embeddings.downsample=1"], r"embeddings.downsample must be in \[0, 1\)"),
+    (["train.class_weights=1"], r"train.class_weights: expected true/false, got 1"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"must leave >= 10% for training"),
+    (["paths.tokens=/tmp/x"], r"paths are part of the project layout"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw
@@ -75,3 +78,21 @@ def test_float_overrides_survive_the_round_trip_through_params_yaml(tmp_path):
     write_overrides(tmp_path, {"train.learning_rate": 1e-5})  # written back as 1e-05
     assert load_params(tmp_path).train.learning_rate == 1e-5
     assert parse_overrides(["train.learning_rate=1e-5"]) == {"train.learning_rate": 1e-5}
+
+
+def test_paths_must_stay_inside_the_project(tmp_path):
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    tree["paths"]["tokens"] = "../outside.parquet"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(ParamsError, match=r"paths.tokens: must be a relative path inside"):
+        load_params(tmp_path)
+
+
+def test_layout_reads_the_paths_section(tmp_path):
+    from senti.config import load_context
+
+    params, layout = load_context(REPO)
+    assert layout.tokens == REPO / params.paths.tokens
+    assert layout.model_file.parent == REPO / params.paths.model_dir
+    with pytest.raises(AttributeError):
+        layout.no_such_path  # noqa: B018

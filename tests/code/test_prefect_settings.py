@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PROBE = ("import flows.cli; from prefect.settings import get_current_settings; "
+PROBE = ("import flows; from prefect.settings import get_current_settings; "
          "print(get_current_settings().server.analytics_enabled)")
 
 

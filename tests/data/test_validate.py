@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import json
 from pathlib import Path
@@ -23,7 +22,7 @@ LABELS = ["negative", "positive"]
 PARAMS = ValidateParams(min_rows=1000, min_text_chars=1, max_text_chars=10000,
                         min_cjk_share=0.3, mostly=0.99, min_class_share=0.2,
                         max_class_share=0.8)
-SMALL = dataclasses.replace(PARAMS, min_rows=100)
+SMALL = PARAMS.model_copy(update=dict(min_rows=100))
 ENGLISH = ("This book arrived late, the print quality is poor and the story is dull: "
            "not worth the money at all.")
 
@@ -200,7 +199,7 @@ def test_too_few_rows(small: pd.DataFrame) -> None:
 
 
 def test_text_length(small: pd.DataFrame) -> None:
-    report = validate_frame(small, dataclasses.replace(SMALL, max_text_chars=20), LABELS)
+    report = validate_frame(small, SMALL.model_copy(update=dict(max_text_chars=20)), LABELS)
     assert "text_length" in _failed(report)
     assert all(e["value"] > 20 for e in _outcome(report, "text_length").examples)
 

@@ -1,13 +1,15 @@
-"""`senti schedule` and `prefect deploy --all` against a real Prefect API (the session's test
-server): the deployments of prefect.yaml served by a real runner process and triggered on
-demand run a real retrain (tiny params); the unchanged rerun is a no-op that registers nothing
-and says so in a Prefect artifact; the same file deploys to a process work pool whose worker
-runs a flow."""
+"""`senti schedule` and `senti deploy` against a real Prefect API (the session's test server):
+the deployments of flows/deployments.py served by a real runner process and triggered on
+demand run the real retrain flow; the same deployments registered for a process work pool
+are run by a real worker; without an API URL, Prefect's own background server schedules the
+nightly runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,27 +29,26 @@ from prefect.client.schemas.filters import (
     DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
+from prefect.server.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows import schedule
-from senti import lineage, registry
-from senti.config import Layout, ParamsError, apply_overrides, load_params
-from tests.conftest import REPO, make_project
+from flows import deployments
+from senti import registry, tags, versioning
+from senti.config import ParamsError, apply_overrides, load_context, load_params
+from tests.conftest import copy_project
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-SPECS = {spec.name: spec for spec in schedule.load_deployments(REPO / "prefect.yaml")}
 RETRAIN = "retrain/retrain-nightly"
+READY = "Your deployments are being served"
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
     # set by an earlier registry.configure() in this process: a child must pick its own store
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
@@ -56,11 +57,10 @@ def _env() -> dict[str, str]:
 class Served:
     """`senti schedule` in a subprocess, its output collected line by line."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, env: dict[str, str]):
         self.process = subprocess.Popen(
-            [str(BIN / "senti"), "schedule", "--root", str(root), "--prefect-yaml",
-             str(REPO / "prefect.yaml")], cwd=root, env=env or _env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            [str(BIN / "senti"), "schedule", "--root", str(root)], cwd=root, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -72,7 +72,7 @@ class Served:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 120) -> None:
+    def wait_for(self, text: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             assert self.process.poll() is None, f"senti schedule exited:\n{self.output}"
@@ -82,21 +82,21 @@ class Served:
     def stop(self, sig: signal.Signals) -> int:
         self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout=60)
+            return self.process.wait(timeout=90)
         finally:
             if self.process.poll() is None:
                 self.process.kill()
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return make_project(tmp_path_factory.mktemp("scheduled"))
+def project(trained_project, tmp_path_factory) -> Path:
+    return copy_project(trained_project[0], tmp_path_factory.mktemp("scheduled") / "project")
 
 
 @pytest.fixture(scope="module")
 def served(project, prefect_harness):
-    server = Served(project)
-    server.wait_for("Ctrl-C stops serving")
+    server = Served(project, _env())
+    server.wait_for(READY)
     yield server
     if server.process.poll() is None:
         server.stop(signal.SIGTERM)
@@ -116,68 +116,70 @@ def _artifact(flow_run_id) -> str:
 
 
 def _versions(project: Path) -> list:
-    registry.configure(Layout(project), "senti")
-    return MlflowClient().search_model_versions("name = 'senti-sentiment'")
+    params, layout = load_context(project)
+    registry.configure(layout, params.registry.experiment)
+    return sorted(MlflowClient().search_model_versions("name = 'senti-sentiment'"),
+                  key=lambda v: int(v.version))
 
 
 def _trigger(name: str, **parameters):
     return run_deployment(name, parameters=parameters or None, timeout=600, poll_interval=1)
 
 
-def test_served_deployments_are_prefect_yamls(served, project):
-    for spec in SPECS.values():
-        flow_name = schedule.resolve_flow(spec, REPO).name
-        deployment = _deployment(f"{flow_name}/{spec.name}")
-        assert [(s.schedule.cron, s.schedule.timezone, s.active)
-                for s in deployment.schedules] == [(c.cron, c.timezone, c.active)
-                                                   for c in spec.schedules]
-        assert deployment.parameters == {**spec.parameters, "root": str(project)}
+def test_served_deployments_carry_the_declared_schedule_and_root(served, project):
+    built = {d.name: d for d in deployments.deployments(project)}
+    for name, declared in built.items():
+        deployment = _deployment(f"{declared.flow_name}/{name}")
+        assert deployment.parameters == declared.parameters
+        assert deployment.parameters["root"] == str(project)
         assert not deployment.paused
-    (cron,) = SPECS["retrain-nightly"].schedules
-    first = schedule.next_runs(cron)[0].strftime("%Y-%m-%d %H:%M %Z")
-    assert f"cron {cron.cron!r} ({cron.timezone}); next runs: {first}" in served.output
-
-
-def test_triggered_deployment_retrains_and_registers(served, project):
-    run = _trigger(RETRAIN)
-    assert run.state.type == StateType.COMPLETED, (run.state.message, served.output)
-    (version,) = _versions(project)
-    run_tags = MlflowClient().get_run(version.run_id).data.tags
-    assert run_tags["prefect.flow_run_id"] == str(run.id)
-    assert run_tags["prefect.deployment"] == RETRAIN.split("/")[-1]
-    assert run_tags["git.commit"]
-    summary = _artifact(run.id)
-    assert summary.startswith("# Retrain\n") and "registered new version" in summary
-    assert "promote.decision" in version.tags  # the gate judged it
+    nightly = _deployment(RETRAIN)
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == \
+        [(deployments.NIGHTLY_CRON, deployments.TIMEZONE, True)]
+    assert nightly.concurrency_limit == 1
 
 
 def test_unchanged_rerun_is_a_noop_that_says_nothing_changed(served, project):
     (before,) = _versions(project)
-    experiment = MlflowClient().get_run(before.run_id).info.experiment_id
-    runs_before = len(MlflowClient().search_runs([experiment]))
     run = _trigger(RETRAIN)
     assert run.state.type == StateType.COMPLETED, (run.state.message, served.output)
     (after,) = _versions(project)  # nothing registered
-    assert after.version == before.version
-    # the gate was not rerun either: same decision, same time, no new MLflow run
-    assert {k: v for k, v in after.tags.items() if k.startswith("promote.")} == \
-        {k: v for k, v in before.tags.items() if k.startswith("promote.")}
-    assert len(MlflowClient().search_runs([experiment])) == runs_before
+    # the gate was not rerun either: same decision, same time
+    assert {k: v for k, v in after.tags.items() if k.startswith(tags.PROMOTE_PREFIX)} == \
+        {k: v for k, v in before.tags.items() if k.startswith(tags.PROMOTE_PREFIX)}
     summary = _artifact(run.id)
     assert summary.startswith("# Retrain: nothing changed")
-    for stage in ("validate", "prepare", "segment", "vocab", "embeddings", "train", "evaluate"):
+    for stage in versioning.stages(project)[1:]:
         assert f"| {stage} | skipped |" in summary
-    lock = lineage.read_lock(project / "dvc.lock")
+    lock = versioning.read_lock(project)
     assert "| ingest | re-read the source; output unchanged (md5 " \
-        f"`{lock['ingest']['outs'][0]['md5']}`) |" in summary
-    assert f"`{lineage.inputs_fingerprint(lock)}`" in summary
+        f"`{versioning.output_hash(lock, 'ingest')}`) |" in summary
+    assert f"`{versioning.inputs_fingerprint(lock)}`" in summary
     assert f"version **{before.version}**" in summary and "judged already" in summary
+
+
+def test_triggered_deployment_retrains_and_registers(served, project):
+    params_before = (project / "params.yaml").read_text()
+    run = _trigger(RETRAIN, overrides={"train.epochs": 1})
+    assert run.state.type == StateType.COMPLETED, (run.state.message, served.output)
+    version = _versions(project)[-1]
+    assert version.version == "2"
+    run_tags = MlflowClient().get_run(version.run_id).data.tags
+    assert run_tags[tags.PREFECT_FLOW_RUN] == str(run.id)
+    assert run_tags[tags.PREFECT_DEPLOYMENT] == RETRAIN.split("/")[-1]
+    assert run_tags[tags.GIT_COMMIT]
+    assert MlflowClient().get_run(version.run_id).data.params["train.epochs"] == "1"
+    summary = _artifact(run.id)
+    assert summary.startswith("# Retrain\n") and "registered new version" in summary
+    assert tags.DECISION in version.tags  # the gate judged it
+    assert (project / "params.yaml").read_text() == params_before
 
 
 def test_deployment_overrides_are_rejected_like_set(served, project):
     params_before = (project / "params.yaml").read_text()
     with pytest.raises(ParamsError) as cli_error:  # what `senti retrain --set` reports
         apply_overrides(load_params(project).raw, {"train.epoch": 3})
+    versions = len(_versions(project))
     run = _trigger(RETRAIN, overrides={"train.epoch": 3})
     assert run.state.type == StateType.FAILED
     assert str(cli_error.value) in run.state.message
@@ -186,77 +188,72 @@ def test_deployment_overrides_are_rejected_like_set(served, project):
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert tasks == []  # rejected before any stage
     assert (project / "params.yaml").read_text() == params_before
-    assert len(_versions(project)) == 1
+    assert len(_versions(project)) == versions
 
 
 def test_sigint_stops_serving_cleanly_and_a_restart_resumes(served, project):
     assert served.stop(signal.SIGINT) == 0, served.output
-    assert "SIGINT received: stopping..." in served.output
     assert served.output.rstrip().endswith("senti schedule stopped.")
     assert _deployment(RETRAIN).paused  # no runs pile up while nothing serves them
-    again = Served(project)
-    again.wait_for("Ctrl-C stops serving")
+    again = Served(project, _env())
+    again.wait_for(READY)
     assert not _deployment(RETRAIN).paused  # (PrefectHQ/prefect#16363)
     assert again.stop(signal.SIGTERM) == 0, again.output
-    assert "SIGTERM received: stopping..." in again.output
 
 
-def test_prefect_deploy_all_to_a_process_pool_and_a_worker_runs_it(served, project,
-                                                                   tmp_path):
-    def prefect(*args: str, timeout: float = 120) -> str:
-        done = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=_env(),
+def test_deploy_to_a_process_pool_and_a_worker_runs_it(project, prefect_harness, tmp_path):
+    def run(*args: str, timeout: float = 180) -> str:
+        done = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=project, env=_env(),
                               capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    pool = SPECS["retrain-nightly"].work_pool
-    prefect("work-pool", "create", "--type", "process", pool, "--overwrite")
-    prefect("--no-prompt", "deploy", "--all")
-    for spec in SPECS.values():
-        deployment = _deployment(f"{schedule.resolve_flow(spec, REPO).name}/{spec.name}")
-        assert deployment.work_pool_name == pool
-        assert deployment.entrypoint == spec.entrypoint
-        assert deployment.parameters == spec.parameters
-        assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == \
-            [(c.cron, c.timezone) for c in spec.schedules]
-        assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                                          {"directory": str(REPO)}}]
+    run("prefect", "work-pool", "create", "--type", "process", deployments.POOL, "--overwrite")
+    assert "3 deployment(s) registered" in run("senti", "deploy", "--root", str(project))
+    for declared in deployments.deployments(project):
+        deployment = _deployment(f"{declared.flow_name}/{declared.name}")
+        assert deployment.work_pool_name == deployments.POOL
+        assert deployment.entrypoint == declared.entrypoint
+        assert deployment.parameters == declared.parameters
     # a worker of the pool runs a deployment (the cheap one: batch prediction)
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"text": ["质量很好，物流也快", "太差了"]}).to_csv(texts, index=False)
     out = tmp_path / "predicted.csv"
-    run = run_deployment("batch-predict/batch-predict", timeout=0, parameters={
-        "root": str(project), "input_csv": str(texts), "output_csv": str(out),
-        "version": "1"})  # the tiny model need not have passed the gate
-    prefect("worker", "start", "--pool", pool, "--run-once", timeout=300)
+    flow_run = run_deployment("batch-predict/batch-predict", timeout=0, parameters={
+        "input_csv": str(texts), "output_csv": str(out), "version": "1"})
+    run("prefect", "worker", "start", "--pool", deployments.POOL, "--run-once", timeout=300)
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run.id).state
+        state = client.read_flow_run(flow_run.id).state
     assert state.type == StateType.COMPLETED, state.message
     assert len(pd.read_csv(out)) == 2
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_without_an_api_url_a_local_server_schedules_the_cron_runs(project, tmp_path):
-    """Prefect's ephemeral API runs no scheduler; the server senti schedule starts does: the
-    nightly runs it inserts are at the cron times senti schedule printed."""
-    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    """Prefect's ephemeral API runs no scheduler; the background server senti schedule
+    starts does: the nightly runs it inserts are at the declared cron times."""
+    port = _free_port()
+    env = _env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_API_PORT=str(port))
+    del env["PREFECT_API_URL"]
     served = Served(project, env)
+    api = f"http://127.0.0.1:{port}/api"
     try:
-        served.wait_for("Ctrl-C stops serving")
-        api = served.output.split("Prefect API: ")[1].split()[0]
-        (cron,) = SPECS["retrain-nightly"].schedules
-        expected = [t.astimezone(UTC) for t in schedule.next_runs(cron, n=3)]
+        served.wait_for(READY)
+        expected = [t.astimezone(UTC) for t in asyncio.run(CronSchedule(
+            cron=deployments.NIGHTLY_CRON, timezone=deployments.TIMEZONE).get_dates(n=3))]
         with temporary_settings({PREFECT_API_URL: api}):
             deployment_id = _deployment(RETRAIN).id
             deadline = time.monotonic() + 60
             while True:  # the scheduler's loop inserts them within seconds
                 with get_client(sync_client=True) as client:
-                    runs = client.read_flow_runs(
-                        deployment_filter=DeploymentFilter(
-                            id=DeploymentFilterId(any_=[deployment_id])),
-                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
-                if runs or time.monotonic() > deadline:
+                    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[deployment_id])))
+                if len(runs) >= 3 or time.monotonic() > deadline:
                     break
                 time.sleep(1)
         starts = sorted(r.expected_start_time.astimezone(UTC) for r in runs)
@@ -265,5 +262,5 @@ def test_without_an_api_url_a_local_server_schedules_the_cron_runs(project, tmp_
     finally:
         assert served.stop(signal.SIGINT) == 0, served.output
     assert served.output.rstrip().endswith("senti schedule stopped.")
-    port = int(api.rsplit(":", 1)[1].split("/")[0])
-    assert schedule._port_free(port)  # the local server went with it
+    with socket.socket() as sock:  # the background server went with it
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -1,6 +1,5 @@
 """Word2vec pretraining of the embedding layer: real gensim, real Keras, tiny corpora."""
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 from senti.config import EmbeddingsParams, Layout, ModelParams, TrainParams, load_params
 from senti.embeddings import embedding_matrix, initial_embedding, train_word_vectors
 from senti.ingest import peoples_daily_texts
-from senti.stages import extra_corpus
+from senti.stages.embeddings import extra_corpus
 from senti.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +29,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
 def test_vectors_learn_which_words_share_contexts(architecture):
-    params = dataclasses.replace(PARAMS, architecture=architecture)
+    params = PARAMS.model_copy(update={'architecture': architecture})
     vectors = train_word_vectors(CORPUS, 16, params, seed=1)
     assert set(vectors) == {w for s in CORPUS for w in s}
     same = _cosine(vectors["好"], vectors["棒"])
@@ -41,9 +40,9 @@ def test_vectors_learn_which_words_share_contexts(architecture):
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
 def test_vectors_are_the_same_in_every_process(architecture):
     # Python salts str hashes per process; the vectors must not depend on that.
-    code = ("import dataclasses; from senti.embeddings import train_word_vectors; "
+    code = ("from senti.embeddings import train_word_vectors; "
             "from tests.model.test_embeddings import CORPUS, PARAMS; "
-            f"params = dataclasses.replace(PARAMS, architecture={architecture!r}); "
+            f"params = PARAMS.model_copy(update={{'architecture': {architecture!r}}}); "
             "print(train_word_vectors(CORPUS, 8, params, seed=1)['好'].tobytes().hex())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
@@ -72,7 +71,7 @@ def test_matrix_rejects_vectors_of_another_size_and_a_bad_norm():
 
 def test_no_pretraining_gives_a_random_matrix_without_a_corpus():
     tokens = ["<pad>", "<oov>", "好"]
-    off = dataclasses.replace(PARAMS, epochs=0)
+    off = PARAMS.model_copy(update={'epochs': 0})
     matrix, learnt = initial_embedding(CORPUS, tokens, off, 4, seed=0)
     assert learnt == 0 and np.all(np.abs(matrix) <= 0.05)
     matrix, learnt = initial_embedding(CORPUS, tokens, PARAMS, 4, seed=0)
@@ -107,12 +106,12 @@ def test_peoples_daily_is_plain_text_without_tags():
 
 def test_extra_corpus_is_the_news_normalised_and_segmented_like_the_pipeline_texts():
     params = load_params(REPO)
-    with_news = dataclasses.replace(
-        params, embeddings=dataclasses.replace(params.embeddings, extra_corpus="peoples_daily"))
-    news = extra_corpus(with_news, Layout(REPO))
+    with_news = params.model_copy(update={"embeddings": params.embeddings.model_copy(
+        update={"extra_corpus": "peoples_daily"})})
+    news = extra_corpus(with_news, Layout(REPO, params.paths))
     assert len(news) > 19000 and news["tokens"].map(len).min() >= 1
     assert news["text"].iloc[0] == "迈向充满希望的新世纪——一九九八年新年讲话(附图片1张)"  # NFKC
     assert news["tokens"].iloc[0][:3] == ["迈向", "充满希望", "的"]
-    without = dataclasses.replace(
-        params, embeddings=dataclasses.replace(params.embeddings, extra_corpus=""))
-    assert extra_corpus(without, Layout(REPO)).empty
+    without = params.model_copy(update={"embeddings": params.embeddings.model_copy(
+        update={"extra_corpus": ""})})
+    assert extra_corpus(without, Layout(REPO, params.paths)).empty

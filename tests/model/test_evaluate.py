@@ -100,7 +100,8 @@ def test_baseline_on_real_chinese_reviews_beats_chance() -> None:
 
 def test_baseline_requires_all_classes() -> None:
     with pytest.raises(ValueError, match="every class"):
-        train_baseline(["好", "好的"], np.array([1, 1]), EvaluateParams(2, 1.0))
+        train_baseline(["好", "好的"], np.array([1, 1]),
+                       EvaluateParams(baseline_ngram_max=2, baseline_c=1.0))
 
 
 def test_confusion_table_long_format() -> None:

@@ -6,14 +6,9 @@ import pytest
 import tensorflow as tf
 
 from senti.config import ModelParams, TrainParams
+from senti.inference import predict_proba
 from senti.model import build_model, load_model
-from senti.train import (
-    AdversarialTraining,
-    bucket_boundaries,
-    make_dataset,
-    predict_proba,
-    train_model,
-)
+from senti.train import AdversarialTraining, bucket_boundaries, make_dataset, train_model
 
 PARAMS = ModelParams(embed_dim=8, lstm_units=4, dropout=0.1, spatial_dropout=0.1, maxlen=32)
 
