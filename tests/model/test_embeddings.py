@@ -81,10 +81,11 @@ def test_no_pretraining_gives_a_random_matrix_without_a_corpus():
 def test_training_starts_from_the_initial_embedding(tmp_path):
     model_params = ModelParams(embed_dim=4, lstm_units=4, dropout=0.1, spatial_dropout=0.1,
                                maxlen=8)
-    frozen = TrainParams(epochs=1, batch_size=8, learning_rate=0.0, weight_decay=0.0,
-                         label_smoothing=0.0, token_dropout=0.0, adversarial_eps=0.0,
-                         patience=1, lr_plateau_factor=1.0, class_weights=False,
-                         bucketed_batches=True, seed=0)
+    # learning rate 0 (refused in params.yaml) keeps every weight where it started
+    frozen = TrainParams.model_construct(
+        epochs=1, batch_size=8, learning_rate=0.0, weight_decay=0.0,
+        label_smoothing=0.0, token_dropout=0.0, adversarial_eps=0.0, patience=1,
+        lr_plateau_factor=1.0, class_weights=False, bucketed_batches=True, seed=0)
     rng = np.random.default_rng(0)
     split = ([list(rng.integers(2, 10, size=4)) for _ in range(16)], rng.integers(0, 2, size=16))
     start = rng.normal(size=(10, 4)).astype(np.float32)

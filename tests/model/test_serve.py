@@ -17,7 +17,8 @@ LABELS = ["negative", "positive"]
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> Predictor:
     root = tmp_path_factory.mktemp("model")
-    model = build_model(40, 2, ModelParams(8, 4, 0.1, 0.1, 16))
+    model = build_model(40, 2, ModelParams(embed_dim=8, lstm_units=4, dropout=0.1,
+                                           spatial_dropout=0.1, maxlen=16))
     model.save(root / "model.keras")
     save_vocab(build_vocab([["质量", "很", "好"], ["太", "差", "了"]], 1, 40), root / "vocab.json")
     (root / "labels.json").write_text(json.dumps(LABELS))
