@@ -3,22 +3,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from senti import batch
-from senti.config import Layout, load_params
+from senti import registry
+from senti.config import load_context
 
 
 @flow(name="batch-predict", log_prints=True)
 def batch_predict(input_csv: str, output_csv: str, root: str = ".",
                   version: str | None = None, text_column: str = "text") -> dict[str, Any]:
     """Predict every row of ``input_csv`` into ``output_csv`` (see :mod:`senti.batch`)."""
-    report = batch.predict_with_registry(Layout(Path(root)), load_params(root), input_csv,
-                                         output_csv, version, text_column)
+    params, layout = load_context(root)
+    report = registry.predict_csv(layout, params, input_csv, output_csv, version, text_column)
     get_run_logger().info("%s rows in %.1fs with %s v%s", report["rows"], report["seconds"],
                           report["model"], report["model_version"])
     create_markdown_artifact(

@@ -32,11 +32,14 @@ TIMEZONE = "Asia/Shanghai"  # ...China Standard Time
 POOL = "senti"
 
 
-def deployments(root: Path | str) -> list[RunnerDeployment]:
-    """The deployments of the project at ``root``."""
+def deployments(root: Path | str, pool: str | None = None) -> list[RunnerDeployment]:
+    """The deployments of the project at ``root``; for the work pool ``pool`` when given
+    (its runs start in ``root``), else to be served."""
     root = str(Path(root).resolve())
     common = {"parameters": {"root": root}, "entrypoint_type": EntrypointType.MODULE_PATH,
-              "job_variables": {"working_dir": root}, "paused": False}
+              "paused": False}
+    if pool:
+        common.update(work_pool_name=pool, job_variables={"working_dir": root})
     return [
         retrain.to_deployment(
             name="retrain-nightly", **{**common, "parameters": {"root": root, "overrides": {}}},
@@ -104,6 +107,6 @@ def deploy(root: Path | str, pool: str = POOL) -> list[str]:
     ``pool`` (create it first: ``prefect work-pool create --type process senti``)."""
     from prefect import deploy as prefect_deploy
 
-    ids = prefect_deploy(*deployments(root), work_pool_name=pool, build=False, push=False,
+    ids = prefect_deploy(*deployments(root, pool), work_pool_name=pool, build=False, push=False,
                          print_next_steps_message=False)
     return [str(i) for i in ids]

@@ -1,7 +1,9 @@
-"""Prefect flows ``promote`` and ``rollback``: the promotion gate and its undo.
+"""Prefect flows ``promote`` and ``rollback``: the promotion gate and its undo, and
+``gate-new-version``, the gate at the end of a retrain.
 
-The gate itself is :mod:`senti.promote`; these flows run it, record the decision in MLflow
-(version tags, run table) and post it as a Prefect markdown artifact.
+The gate's logic is :mod:`senti.promote`, its MLflow reads and writes
+:mod:`senti.registry`; these flows run it, record the decision (version tags, run table,
+metrics, @champion) and post it as a Prefect markdown artifact.
 """
 
 from __future__ import annotations
@@ -16,22 +18,28 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from senti import promote as gate
-from senti import registry
-from senti.config import Layout, load_params
+from senti import registry, tags
+from senti.config import load_context
+
+
+def _model_name(root: str) -> str:
+    """Point MLflow at the project's store; the registered model's name."""
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    return params.registry.model_name
 
 
 @task(name="evaluate-gate", cache_policy=NONE)
 def evaluate(root: str, version: str | None) -> gate.GateDecision:
     """Re-evaluate the challenger and the champion on the current test split; decide."""
-    return gate.evaluate_gate(Layout(Path(root)), load_params(root), version)
+    params, layout = load_context(root)
+    return registry.evaluate_gate(layout, params, version)
 
 
 @task(name="record-decision", cache_policy=NONE)
 def record(root: str, decision: gate.GateDecision, flow_run_id: str | None) -> None:
     """Tags, run table and metrics; moves @champion when promoted."""
-    params = load_params(root)
-    registry.configure(Layout(Path(root)), params.registry.experiment)
-    gate.record_decision(params.registry.model_name, decision, flow_run_id)
+    registry.record_decision(_model_name(root), decision, flow_run_id)
 
 
 @flow(name="promote", log_prints=True)
@@ -48,7 +56,7 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
     if force:
         decision = gate.force(decision, reason or "")
     record(root, decision, flow_run.get_id())
-    name = load_params(root).registry.model_name
+    name = _model_name(root)
     create_markdown_artifact(gate.decision_markdown(decision, name), key="promotion-decision",
                              description=f"{name} v{decision.challenger}: {decision.decision}")
     get_run_logger().info("v%s %s: %s", decision.challenger, decision.decision, decision.reason)
@@ -57,28 +65,25 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
 
 @flow(name="rollback", log_prints=True)
 def rollback(root: str = ".", reason: str = "manual rollback") -> dict[str, Any]:
-    """Make the previous champion the champion again."""
-    root = str(Path(root).resolve())
-    params = load_params(root)
-    registry.configure(Layout(Path(root)), params.registry.experiment)
-    name = params.registry.model_name
-    restored = gate.rollback(name, reason, flow_run.get_id())
+    """Make the champion the current one replaced the champion again."""
+    name = _model_name(str(Path(root).resolve()))
+    restored = registry.rollback(name, reason, flow_run.get_id())
     create_markdown_artifact(gate.rollback_markdown(restored, name), key="promotion-decision",
                              description=f"{name} rollback to v{restored.to_version}")
     return asdict(restored)
 
 
+@flow(name="gate-new-version")
 def gate_new_version(root: str, version: str) -> dict[str, Any]:
-    """The end of a retrain: the gate on its version, unless that is the champion already."""
-    params = load_params(root)
-    registry.configure(Layout(Path(root)), params.registry.experiment)
-    if registry.alias_version(params.registry.model_name, registry.CHAMPION) == version:
+    """The end of a retrain: the gate on its version, unless that is the champion already;
+    a gate that cannot run (e.g. a new label set) leaves the champion and says why."""
+    if registry.alias_version(_model_name(root), tags.CHAMPION) == version:
         return {"challenger": version, "champion": version, "promoted": False,
                 "decision": "unchanged",
                 "reason": f"version {version} is already the champion"}
     try:
         return promote(root=root, version=version)
-    except gate.PromotionError as exc:  # e.g. a new label set: the champion stays, say why
+    except gate.PromotionError as exc:
         get_run_logger().warning("promotion gate could not run: %s", exc)
         return {"challenger": version, "promoted": False, "decision": "error",
                 "reason": f"gate could not run: {exc}"}

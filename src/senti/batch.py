@@ -1,8 +1,9 @@
 """Batch prediction: a CSV of texts in, the same rows with predictions and model version out.
 
 The input is read and written in chunks, so files larger than memory work; ``predict`` is
-any callable taking a DataFrame with a ``text`` column (a loaded MLflow pyfunc model's
-``predict``, or :meth:`senti.serve.Predictor.predict` wrapped).
+any callable taking a DataFrame with a ``text`` column and raising ValueError for input it
+refuses (a registered version's, see :func:`senti.registry.predict_csv`, or
+:meth:`senti.serve.Predictor.predict` wrapped).
 """
 
 from __future__ import annotations
@@ -11,12 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow.pyfunc
 import pandas as pd
-from mlflow.exceptions import MlflowException
-
-from senti import registry
-from senti.config import Layout, Params
 
 CHUNK_ROWS = 10_000
 VERSION_COLUMN = "model_version"
@@ -45,7 +41,7 @@ def predict_csv(predict: Callable[[pd.DataFrame], pd.DataFrame], input_csv: Path
                                       f"(columns: {list(chunk.columns)})")
             try:
                 predicted = predict(pd.DataFrame({"text": chunk[text_column].tolist()}))
-            except (MlflowException, ValueError) as exc:  # names rows within this chunk
+            except ValueError as exc:  # names rows within this chunk
                 raise BatchInputError(f"{input_csv} rows {rows}..{rows + len(chunk) - 1} "
                                       f"(row numbers below count from {rows}): {exc}") from exc
             out = pd.concat([chunk.reset_index(drop=True),
@@ -63,16 +59,3 @@ def predict_csv(predict: Callable[[pd.DataFrame], pd.DataFrame], input_csv: Path
             "rows_per_second": round(rows / seconds, 1) if seconds else None,
             "model_version": model_version, "output": str(output_csv)}
 
-
-def predict_with_registry(layout: Layout, params: Params, input_csv: Path | str,
-                          output_csv: Path | str, version: str | None = None,
-                          text_column: str = "text") -> dict:
-    """:func:`predict_csv` with a registered version (default: the @champion)."""
-    registry.configure(layout, params.registry.experiment)
-    name = params.registry.model_name
-    version = version or registry.alias_version(name, registry.CHAMPION)
-    if version is None:
-        raise LookupError(f"{name} has no @champion: give a version, or run senti promote")
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return {**predict_csv(model.predict, input_csv, output_csv, version, text_column),
-            "model": name}

@@ -1,11 +1,11 @@
-"""Promotion gate: decide whether a challenger version replaces the champion, and record it.
+"""Promotion gate: decide whether a challenger version replaces the champion (pure logic).
 
 The gate re-evaluates the challenger and the current champion on the same data, the current
 test split (raw ``text`` of ``tokens.parquet`` rows with ``split == "test"``), each through
 its own registered pyfunc model (so each uses its own vocabulary), and promotes only if:
 
-1. ``validation``: the challenger's training data passed validation (tag
-   :data:`senti.registry.VALIDATION_TAG`, else the run's ``reports/validation.json``);
+1. ``validation``: the challenger's training data passed validation (version tag
+   :data:`senti.tags.VALIDATION`);
 2. ``macro_f1``: its macro-F1 >= the champion's + ``promote.min_delta``;
 3. ``mcnemar``: it is not significantly worse: McNemar's exact test on the two models'
    per-example correctness, rejecting when the challenger is wrong more often with
@@ -15,44 +15,43 @@ its own registered pyfunc model (so each uses its own vocabulary), and promotes 
 5. ``behaviour``: it passes the behavioural suite (:mod:`senti.behaviour`) at
    >= ``promote.min_behaviour_pass_rate``.
 
-With no champion, 1, 4 and 5 decide. Every decision is recorded: ``promote.*`` tags on the
-challenger version, a row in its run's table ``promotion/decisions.json`` (and the suite's
-per-case results in ``promotion/behaviour.json``), metrics on its run. The champion history
-is a JSON list of reigns in the registered-model tag :data:`HISTORY_TAG`; each reign
-remembers the one it replaced, so :func:`rollback` restores the previous champion.
+With no champion, 1, 4 and 5 decide. This module decides and describes; it reads no
+registry. :mod:`senti.registry` loads the models, passes their ``predict`` in
+(:func:`judge`) and records what is decided here: the ``promote.*`` version tags
+(:func:`decision_tags`, :func:`rollback_tags`), one row per decision in the run's decisions
+table (the history), the ``gate.*``/``behaviour.*`` run metrics (:func:`decision_metrics`).
+
+The champion history is a chain: a promoted version's ``promote.previous_champion`` tag
+names the champion it replaced, and a rollback restores that version, which keeps its own
+``previous_champion``, so repeated rollbacks walk back (:func:`rollback_target`). A version
+promoted a second time records the champion it replaced that time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 
-from senti import registry
+from senti import tags
 from senti.behaviour import BehaviourResult, load_cases, run_suite
-from senti.config import Layout, Params, PromoteParams
+from senti.config import Layout, PromoteParams
 from senti.evaluate import classification_metrics, mcnemar_test
 from senti.io import read_json
-from senti.registry import CHALLENGER, CHAMPION, VALIDATION_TAG
 
-TAG_PREFIX = "promote."
-HISTORY_TAG = "champion.history"
-DECISIONS_TABLE = "promotion/decisions.json"
-BEHAVIOUR_TABLE = "promotion/behaviour.json"
-NONE = "none"
+# a loaded model's predict: a frame with a ``text`` column in, ``label`` and
+# ``prob_<label>`` columns out (a pyfunc model's, or :meth:`senti.serve.Predictor.predict`)
+Predict = Callable[[pd.DataFrame], pd.DataFrame]
+CHAMPION_DECISIONS = ("promoted", "forced", "rollback")  # the decisions that make a champion
 
 
 class PromotionError(RuntimeError):
-    """The gate cannot run (no challenger, already champion, no history to roll back...)."""
+    """The gate cannot run (no challenger, already champion, nothing to roll back to...)."""
 
 
 def now_utc() -> str:
@@ -106,6 +105,37 @@ class GateDecision:
                             "by_check": self.behaviour.by_check}
         out["reason"] = self.reason
         return out
+
+    def table_row(self, flow_run_id: str | None) -> dict[str, Any]:
+        """This decision's row in the challenger run's decisions table."""
+        return _table_row(self.time, self.decision, self.challenger, self.champion,
+                          self.reason, flow_run_id, {
+                              "challenger_macro_f1": self.challenger_metrics["macro_f1"],
+                              "champion_macro_f1": (self.champion_metrics or {}).get("macro_f1"),
+                              "mcnemar_p_value": self.p_value,
+                              "behaviour_pass_rate": self.behaviour.pass_rate})
+
+
+@dataclass(frozen=True)
+class Rollback:
+    from_version: str
+    to_version: str
+    reason: str
+    time: str = field(default_factory=now_utc)
+
+    def table_row(self, flow_run_id: str | None) -> dict[str, Any]:
+        """This rollback's row in the restored version's run's decisions table."""
+        return _table_row(self.time, "rollback", self.to_version, self.from_version,
+                          self.reason, flow_run_id, {})
+
+
+def _table_row(time: str, decision: str, version: str, champion: str | None, reason: str,
+               flow_run_id: str | None, scores: dict[str, float | None]) -> dict[str, Any]:
+    return {"time": time, "decision": decision, "version": version,
+            "champion_before": champion or tags.NONE, "reason": reason,
+            **{key: scores.get(key) for key in ("challenger_macro_f1", "champion_macro_f1",
+                                                "mcnemar_p_value", "behaviour_pass_rate")},
+            "flow_run_id": flow_run_id or tags.NONE}
 
 
 def score_predictions(version: str, predictions: pd.DataFrame, y_true: Sequence[str],
@@ -188,45 +218,6 @@ def force(decision: GateDecision, reason: str) -> GateDecision:
                             *(f"overrode: {r}" for r in decision.reasons)])
 
 
-# ---- the champion history (pure) --------------------------------------------------------
-
-def push_champion(history: list[dict], version: str, how: str, reason: str,
-                  now: str) -> list[dict]:
-    """A new reign for ``version``; the current one (the last) ends and becomes its previous."""
-    new = [dict(entry) for entry in history]
-    previous = None
-    if new:
-        new[-1]["until"] = new[-1]["until"] or now
-        previous = new[-1]["n"]
-    new.append({"n": new[-1]["n"] + 1 if new else 1, "version": version, "how": how,
-                "reason": reason, "since": now, "until": None, "previous": previous})
-    return new
-
-
-def rollback_history(history: list[dict], reason: str, now: str) -> tuple[list[dict], str]:
-    """End the current reign and restore the one it replaced; return (history, version).
-
-    The restored reign inherits its original predecessor, so repeated rollbacks walk back
-    through past champions rather than toggling between two versions.
-    """
-    if not history:
-        raise PromotionError("no champion history recorded: nothing to roll back to")
-    current = history[-1]
-    by_n = {entry["n"]: entry for entry in history}
-    previous = by_n.get(current["previous"])
-    if previous is None:
-        raise PromotionError(f"version {current['version']} is the first recorded champion: "
-                             "there is no earlier champion to roll back to")
-    new = [dict(entry) for entry in history]
-    new[-1]["until"] = now
-    new.append({"n": current["n"] + 1, "version": previous["version"], "how": "rollback",
-                "reason": reason, "since": now, "until": None,
-                "previous": previous["previous"]})
-    return new, previous["version"]
-
-
-# ---- evaluation against the registry ----------------------------------------------------
-
 def load_test_split(layout: Layout) -> tuple[list[str], list[str]]:
     """Raw texts and labels of the current test split."""
     tokens = pd.read_parquet(layout.tokens, columns=["text", "label", "split"])
@@ -236,68 +227,36 @@ def load_test_split(layout: Layout) -> tuple[list[str], list[str]]:
     return test["text"].tolist(), test["label"].astype(str).tolist()
 
 
-def _validation_passed(client: MlflowClient, version) -> bool:
-    tag = version.tags.get(VALIDATION_TAG)
-    if tag is not None:
-        return tag == "passed"
-    try:  # versions registered before the tag existed: the run's validation report
-        path = mlflow.artifacts.download_artifacts(run_id=version.run_id,
-                                                   artifact_path="reports/validation.json")
-    except (MlflowException, OSError):
-        return False
-    return bool(read_json(path).get("success"))
-
-
-def evaluate_gate(layout: Layout, params: Params, version: str | None = None) -> GateDecision:
-    """Re-evaluate ``version`` (default: the challenger) and the champion; decide."""
-    name = params.registry.model_name
-    registry.configure(layout, params.registry.experiment)
-    client = MlflowClient()
-    challenger = version or registry.alias_version(name, CHALLENGER)
-    if challenger is None:
-        raise PromotionError(f"{name} has no @{CHALLENGER}: run senti retrain, or give --version")
-    try:
-        model_version = client.get_model_version(name, challenger)
-    except MlflowException as exc:
-        raise PromotionError(f"{name} has no version {challenger}") from exc
-    champion = registry.alias_version(name, CHAMPION)
-    if champion == str(challenger):
-        raise PromotionError(f"version {challenger} is already the champion")
+def judge(layout: Layout, params: PromoteParams, challenger: tuple[str, Predict],
+          champion: tuple[str, Predict] | None, *, validation_passed: bool,
+          run_metrics: dict[str, float]) -> GateDecision:
+    """Score the challenger and the champion (``(version, predict)`` pairs) on the current
+    test split, run the behavioural suite on the challenger, and :func:`decide`."""
     texts, y_true = load_test_split(layout)
     labels = read_json(layout.labels)
     frame = pd.DataFrame({"text": texts})
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{challenger}")
-    challenger_score = score_predictions(str(challenger), model.predict(frame), y_true, labels)
+    version, predict = challenger
     behaviour = run_suite(
-        load_cases(), lambda t: model.predict(pd.DataFrame({"text": t}))["label"].tolist(),
-        labels)
-    champion_score = None
-    if champion is not None:
-        champion_model = mlflow.pyfunc.load_model(f"models:/{name}/{champion}")
-        champion_score = score_predictions(champion, champion_model.predict(frame), y_true,
-                                           labels)
-    return decide(challenger_score, champion_score, params=params.promote,
-                  validation_passed=_validation_passed(client, model_version),
-                  run_metrics=client.get_run(model_version.run_id).data.metrics,
-                  behaviour=behaviour)
+        load_cases(), lambda t: predict(pd.DataFrame({"text": t}))["label"].tolist(), labels)
+    return decide(
+        score_predictions(version, predict(frame), y_true, labels),
+        None if champion is None else score_predictions(champion[0], champion[1](frame),
+                                                        y_true, labels),
+        params=params, validation_passed=validation_passed, run_metrics=run_metrics,
+        behaviour=behaviour)
 
 
-# ---- records -------------------------------------------------------------------------
+# ---- what is recorded ------------------------------------------------------------------
 
 def _fmt(value: float | None) -> str:
-    return NONE if value is None else f"{value:.6g}"
+    return tags.NONE if value is None else f"{value:.6g}"
 
 
 def decision_tags(decision: GateDecision, flow_run_id: str | None) -> dict[str, str]:
-    """The ``promote.*`` model-version tags recording a decision."""
+    """The ``promote.*`` version tags recording a decision; a promotion also records the
+    champion it replaces (:data:`senti.tags.PREVIOUS_CHAMPION`)."""
     champion = decision.champion_metrics or {}
-    return {f"{TAG_PREFIX}{key}": value for key, value in {
-        "decision": decision.decision,
-        "reason": decision.reason,
-        "time": decision.time,
-        "flow_run_id": flow_run_id or NONE,
-        "champion_version": decision.champion or NONE,
+    recorded = {f"{tags.PROMOTE_PREFIX}{key}": value for key, value in {
         "challenger.macro_f1": _fmt(decision.challenger_metrics["macro_f1"]),
         "challenger.accuracy": _fmt(decision.challenger_metrics["accuracy"]),
         "champion.macro_f1": _fmt(champion.get("macro_f1")),
@@ -306,60 +265,28 @@ def decision_tags(decision: GateDecision, flow_run_id: str | None) -> dict[str, 
         "behaviour_pass_rate": _fmt(decision.behaviour.pass_rate),
         "conditions": json.dumps({c.name: c.passed for c in decision.conditions}),
     }.items()}
+    recorded.update(_common_tags(decision.decision, decision.reason, decision.time,
+                                 flow_run_id, decision.champion))
+    if decision.promoted:
+        recorded[tags.PREVIOUS_CHAMPION] = decision.champion or tags.NONE
+    return recorded
 
 
-def _table_row(*, time: str, decision: str, version: str, champion: str | None, reason: str,
-               flow_run_id: str | None, decision_obj: GateDecision | None = None) -> dict:
-    metrics = decision_obj.challenger_metrics if decision_obj else {}
-    champion_metrics = (decision_obj.champion_metrics or {}) if decision_obj else {}
-    return {"time": time, "decision": decision, "version": version,
-            "champion_before": champion or NONE, "reason": reason,
-            "challenger_macro_f1": metrics.get("macro_f1"),
-            "champion_macro_f1": champion_metrics.get("macro_f1"),
-            "mcnemar_p_value": decision_obj.p_value if decision_obj else None,
-            "behaviour_pass_rate": decision_obj.behaviour.pass_rate if decision_obj else None,
-            "flow_run_id": flow_run_id or NONE}
+def rollback_tags(record: Rollback, flow_run_id: str | None) -> dict[str, str]:
+    """The ``promote.*`` tags of the restored version (its ``previous_champion`` stays)."""
+    return _common_tags("rollback", record.reason, record.time, flow_run_id,
+                        record.from_version)
 
 
-def champion_history(model_name: str) -> list[dict]:
-    """Past and present champions, oldest first (see :func:`push_champion`)."""
-    model = MlflowClient().get_registered_model(model_name)
-    return json.loads(model.tags.get(HISTORY_TAG, "[]"))
+def _common_tags(decision: str, reason: str, time: str, flow_run_id: str | None,
+                 champion: str | None) -> dict[str, str]:
+    return {tags.DECISION: decision, tags.REASON: reason, tags.DECIDED_AT: time,
+            tags.DECISION_FLOW_RUN: flow_run_id or tags.NONE,
+            tags.CHAMPION_VERSION: champion or tags.NONE}
 
 
-def _set_champion(model_name: str, version: str, history: list[dict]) -> None:
-    client = MlflowClient()
-    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
-    client.set_registered_model_alias(model_name, CHAMPION, version)
-    if registry.alias_version(model_name, CHALLENGER) == version:
-        client.delete_registered_model_alias(model_name, CHALLENGER)
-
-
-def _replace_decision_tags(model_name: str, version: str, tags: dict[str, str]) -> None:
-    """Set ``promote.*`` tags to exactly ``tags``: they describe the latest decision only
-    (earlier ones stay in the run's decisions table)."""
-    client = MlflowClient()
-    for key in client.get_model_version(model_name, version).tags:
-        if key.startswith(TAG_PREFIX) and key not in tags:
-            client.delete_model_version_tag(model_name, version, key)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-
-
-def record_decision(model_name: str, decision: GateDecision, flow_run_id: str | None) -> None:
-    """Tag the version, append to its run's tables and metrics; move @champion if promoted."""
-    client = MlflowClient()
-    _replace_decision_tags(model_name, decision.challenger,
-                           decision_tags(decision, flow_run_id))
-    run_id = client.get_model_version(model_name, decision.challenger).run_id
-    mlflow.log_table(pd.DataFrame([_table_row(
-        time=decision.time, decision=decision.decision, version=decision.challenger,
-        champion=decision.champion, reason=decision.reason, flow_run_id=flow_run_id,
-        decision_obj=decision)]), DECISIONS_TABLE, run_id=run_id)
-    if decision.behaviour.cases:
-        cases = pd.DataFrame(decision.behaviour.cases).assign(time=decision.time)
-        mlflow.log_table(cases, BEHAVIOUR_TABLE, run_id=run_id)
-    stamp = int(datetime.fromisoformat(decision.time).timestamp() * 1000)
+def decision_metrics(decision: GateDecision) -> dict[str, float]:
+    """The ``gate.*`` and ``behaviour.*`` metrics logged on the challenger's run."""
     values = {"gate.promoted": float(decision.promoted),
               "gate.challenger.macro_f1": decision.challenger_metrics["macro_f1"]}
     if decision.champion_metrics:
@@ -370,47 +297,30 @@ def record_decision(model_name: str, decision: GateDecision, flow_run_id: str | 
         values["behaviour.pass_rate"] = decision.behaviour.pass_rate
     values.update({f"behaviour.{check}.pass_rate": rate
                    for check, rate in decision.behaviour.by_check.items()})
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in values.items()])
-    if decision.promoted:
-        history = push_champion(champion_history(model_name), decision.challenger,
-                                decision.decision, decision.reason, decision.time)
-        _set_champion(model_name, decision.challenger, history)
+    return {key: float(value) for key, value in values.items()}
 
 
-@dataclass(frozen=True)
-class Rollback:
-    from_version: str
-    to_version: str
-    reason: str
-    time: str
+def rollback_target(model_name: str, champion: str | None,
+                    champion_tags: Mapping[str, str]) -> str:
+    """The version a rollback restores: the one the current champion replaced.
 
-
-def rollback(model_name: str, reason: str, flow_run_id: str | None,
-             now: str | None = None) -> Rollback:
-    """Make the previous champion the champion again, recorded like a gate decision."""
-    now = now or now_utc()
-    current = registry.alias_version(model_name, CHAMPION)
-    if current is None:
-        raise PromotionError(f"{model_name} has no @{CHAMPION}: nothing to roll back")
-    history = champion_history(model_name)
-    if history and history[-1]["version"] != current:
+    ``champion_tags`` are the champion's version tags. It must have been made champion by
+    senti (a promotion, a forced promotion or a rollback), else its recorded predecessor
+    cannot be trusted.
+    """
+    if champion is None:
+        raise PromotionError(f"{model_name} has no @{tags.CHAMPION}: nothing to roll back")
+    previous = champion_tags.get(tags.PREVIOUS_CHAMPION)
+    if champion_tags.get(tags.DECISION) not in CHAMPION_DECISIONS or previous is None:
         raise PromotionError(
-            f"@{CHAMPION} is version {current} but the recorded history ends with version "
-            f"{history[-1]['version']}: the alias was moved outside senti; "
-            "use senti promote --version N --force --reason ...")
-    history, restored = rollback_history(history, reason, now)
-    _set_champion(model_name, restored, history)
-    client = MlflowClient()
-    tags = {"decision": "rollback", "reason": reason, "time": now,
-            "flow_run_id": flow_run_id or NONE, "champion_version": current}
-    _replace_decision_tags(model_name, restored,
-                           {f"{TAG_PREFIX}{key}": value for key, value in tags.items()})
-    client.set_model_version_tag(model_name, current, f"{TAG_PREFIX}rolled_back", now)
-    run_id = client.get_model_version(model_name, restored).run_id
-    mlflow.log_table(pd.DataFrame([_table_row(
-        time=now, decision="rollback", version=restored, champion=current, reason=reason,
-        flow_run_id=flow_run_id)]), DECISIONS_TABLE, run_id=run_id)
-    return Rollback(current, restored, reason, now)
+            f"@{tags.CHAMPION} is version {champion}, which has no recorded promotion (the "
+            "alias was moved outside senti, or by a senti that did not record the champion "
+            f"it replaced); use senti promote --version N --force --reason ... to make the "
+            "right version champion")
+    if previous == tags.NONE:
+        raise PromotionError(f"version {champion} is the first recorded champion: there is "
+                             "no earlier champion to roll back to")
+    return previous
 
 
 # ---- reports -------------------------------------------------------------------------

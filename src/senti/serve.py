@@ -2,8 +2,9 @@
 
 :class:`Predictor` is the fast inference path (jieba loaded once, one compiled TensorFlow
 function over batches padded to their longest text, so no retracing per call).
-:class:`SentimentPyfunc` wraps it as an MLflow pyfunc model, which is what the registry
-stores and ``mlflow models serve`` serves.
+:class:`SentimentPyfunc` wraps it as an MLflow pyfunc model: :mod:`senti.pyfunc_model` is
+the model code the registry logs, and ``mlflow models serve`` serves. Nothing here imports
+the training module.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -73,7 +73,7 @@ class Predictor:
 
     def _infer_batch(self, seqs: list[list[int]]) -> np.ndarray:
         """Probabilities of one batch of encoded texts, padded to its longest."""
-        return self._infer(tf.constant(pad_batch(seqs))).numpy()
+        return self._infer(pad_batch(seqs)).numpy()
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, one row per text, columns in ``self.labels`` order.

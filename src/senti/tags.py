@@ -13,10 +13,10 @@ Run tags (one retrain = one run):
   (:func:`senti.versioning.inputs_fingerprint`).
 
 Model-version tags: the fingerprint, ``git.commit``, ``vocab.sha256``, ``prefect.flow_run_id``,
-``senti.validation``, and the ``promote.*`` record of the latest gate decision on the version
-(:data:`PROMOTE_KEYS`), including ``promote.previous_champion``: the champion a promotion
-replaced, which :func:`senti.registry.rollback` follows. Nothing is written as a
-registered-model tag (MLflow's SQL schema caps those at 5,000 characters).
+``senti.validation``, and the ``promote.*`` record of the latest gate decision on the version,
+including ``promote.previous_champion``: the champion a promotion replaced, which
+:func:`senti.registry.rollback` follows. Nothing is written as a registered-model tag
+(MLflow's SQL schema caps those at 5,000 characters).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ PROMOTE_PREFIX: Final = "promote."
 DECISION: Final = "promote.decision"  # promoted | rejected | forced | rollback
 REASON: Final = "promote.reason"
 DECIDED_AT: Final = "promote.time"
+DECISION_FLOW_RUN: Final = "promote.flow_run_id"  # the Prefect run that decided
+CHAMPION_VERSION: Final = "promote.champion_version"  # the champion when it was decided
 PREVIOUS_CHAMPION: Final = "promote.previous_champion"  # the version this one replaced
 ROLLED_BACK: Final = "promote.rolled_back"  # time this version was rolled back from
 

@@ -1,29 +1,39 @@
-"""The promotion gate's pure logic: conditions, McNemar direction, forcing, champion history,
-and the behavioural suite (its data file and its scoring)."""
+"""The promotion gate's pure logic: conditions, McNemar direction, forcing, what a decision
+and a rollback record, which version a rollback restores, and the behavioural suite (its
+data file and its scoring)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from senti import tags
 from senti.behaviour import BehaviourResult, Case, load_cases, run_suite
-from senti.config import PromoteParams
+from senti.config import Layout, PromoteParams, load_params
 from senti.promote import (
     ModelScore,
     PromotionError,
+    Rollback,
     decide,
     decision_markdown,
+    decision_metrics,
     decision_tags,
     force,
-    push_champion,
-    rollback_history,
+    judge,
+    rollback_tags,
+    rollback_target,
     score_predictions,
 )
+from tests.conftest import REPO
 
 PARAMS = PromoteParams(min_delta=0.01, alpha=0.05, require_beat_baseline=True,
                        min_behaviour_pass_rate=0.8)
 RUN = {"test.model.macro_f1": 0.85, "test.baseline.macro_f1": 0.80}
+LENIENT = PromoteParams(min_delta=-1.0, alpha=0.05, require_beat_baseline=False,
+                        min_behaviour_pass_rate=0.0)
 GOOD_BEHAVIOUR = BehaviourResult(pass_rate=0.9, by_check={"negation": 0.9})
 
 
@@ -53,7 +63,8 @@ def test_first_model_is_judged_on_validation_baseline_and_behaviour():
 def test_baseline_condition_can_be_switched_off_but_missing_metrics_fail_it():
     challenger = score("1", 0.85, [True] * 10)
     worse_than_baseline = {"test.model.macro_f1": 0.7, "test.baseline.macro_f1": 0.8}
-    off = PromoteParams(0.0, 0.05, require_beat_baseline=False, min_behaviour_pass_rate=0.8)
+    off = PromoteParams(min_delta=0.0, alpha=0.05, require_beat_baseline=False,
+                        min_behaviour_pass_rate=0.8)
     assert decide(challenger, None, params=off, validation_passed=True,
                   run_metrics=worse_than_baseline, behaviour=GOOD_BEHAVIOUR).promoted
     missing = decide(challenger, None, params=PARAMS, validation_passed=True, run_metrics={},
@@ -75,8 +86,10 @@ def test_challenger_must_reach_champion_plus_min_delta():
 
 
 def test_mcnemar_rejects_only_a_significantly_worse_challenger():
-    kwargs = {"params": PromoteParams(-1.0, 0.05, True, 0.0), "validation_passed": True,
-              "run_metrics": RUN, "behaviour": GOOD_BEHAVIOUR}
+    params = PromoteParams(min_delta=-1.0, alpha=0.05, require_beat_baseline=True,
+                           min_behaviour_pass_rate=0.0)
+    kwargs = {"params": params, "validation_passed": True, "run_metrics": RUN,
+              "behaviour": GOOD_BEHAVIOUR}
     # champion right on 40 examples the challenger gets wrong, never the reverse: p ~ 2e-12
     champion = score("1", 0.9, [True] * 100)
     worse = score("2", 0.6, [False] * 40 + [True] * 60)
@@ -104,6 +117,7 @@ def test_force_overrides_a_rejection_and_keeps_the_gate_reasons():
     assert tags["promote.decision"] == "forced" and tags["promote.flow_run_id"] == "run-123"
     assert tags["promote.champion_version"] == "1"
     assert tags["promote.mcnemar_p_value"] == f"{rejected.p_value:.6g}"
+    assert tags["promote.previous_champion"] == "1"
     assert "FORCED" in decision_markdown(forced, "m")
     with pytest.raises(PromotionError, match="reason"):
         force(rejected, "  ")
@@ -112,22 +126,70 @@ def test_force_overrides_a_rejection_and_keeps_the_gate_reasons():
     assert force(passed, "no need") is passed
 
 
-def test_rollback_walks_back_through_past_champions():
-    history = push_champion([], "1", "promoted", "first", "t1")
-    history = push_champion(history, "2", "promoted", "better", "t2")
-    history = push_champion(history, "3", "forced", "hotfix", "t3")
-    assert [e["version"] for e in history] == ["1", "2", "3"]
-    assert history[0]["until"] == "t2" and history[-1]["until"] is None
-    history, restored = rollback_history(history, "3 is broken", "t4")
-    assert restored == "2" and history[2]["until"] == "t4"
-    assert history[-1] == {"n": 4, "version": "2", "how": "rollback", "reason": "3 is broken",
-                           "since": "t4", "until": None, "previous": 1}
-    history, restored = rollback_history(history, "2 too", "t5")
-    assert restored == "1"  # not back to 3: a rollback does not toggle
-    with pytest.raises(PromotionError, match="first recorded champion"):
-        rollback_history(history, "again", "t6")
-    with pytest.raises(PromotionError, match="no champion history"):
-        rollback_history([], "x", "t")
+def test_a_promotion_records_the_champion_it_replaced_and_a_rejection_does_not():
+    kwargs = {"params": PARAMS, "validation_passed": True, "run_metrics": RUN,
+              "behaviour": GOOD_BEHAVIOUR}
+    first = decide(score("1", 0.85, [True] * 10), None, **kwargs)
+    assert decision_tags(first, None)[tags.PREVIOUS_CHAMPION] == "none"
+    better = decide(score("2", 0.9, [True] * 10), score("1", 0.85, [True] * 10), **kwargs)
+    assert decision_tags(better, None)[tags.PREVIOUS_CHAMPION] == "1"
+    worse = decide(score("3", 0.5, [False] * 10), score("2", 0.9, [True] * 10), **kwargs)
+    assert tags.PREVIOUS_CHAMPION not in decision_tags(worse, None)
+    assert decision_tags(force(worse, "hotfix"), None)[tags.PREVIOUS_CHAMPION] == "2"
+    row = worse.table_row("run-1")
+    assert row["decision"] == "rejected" and row["champion_before"] == "2"
+    assert row["challenger_macro_f1"] == 0.5 and row["champion_macro_f1"] == 0.9
+    assert decision_metrics(worse)["gate.promoted"] == 0.0
+
+
+def test_rollback_restores_the_champion_the_current_one_replaced():
+    promoted = {tags.DECISION: "promoted", tags.PREVIOUS_CHAMPION: "2"}
+    assert rollback_target("m", "3", promoted) == "2"
+    # a restored version keeps its own predecessor, so the next rollback walks on back
+    assert rollback_target("m", "2", {tags.DECISION: "rollback",
+                                      tags.PREVIOUS_CHAMPION: "1"}) == "1"
+    with pytest.raises(PromotionError, match="first recorded champion: there is no earlier"):
+        rollback_target("m", "1", {tags.DECISION: "promoted", tags.PREVIOUS_CHAMPION: "none"})
+    with pytest.raises(PromotionError, match="no @champion"):
+        rollback_target("m", None, {})
+    for moved in ({}, {tags.DECISION: "rejected", tags.PREVIOUS_CHAMPION: "1"}):
+        with pytest.raises(PromotionError, match="moved outside senti"):
+            rollback_target("m", "4", moved)
+    record = Rollback("3", "2", "3 is broken", "t4")
+    assert rollback_tags(record, None) == {
+        tags.DECISION: "rollback", tags.REASON: "3 is broken", tags.DECIDED_AT: "t4",
+        tags.DECISION_FLOW_RUN: "none", tags.CHAMPION_VERSION: "3"}
+    row = record.table_row("run-9")
+    assert (row["decision"], row["version"], row["champion_before"]) == ("rollback", "2", "3")
+    assert row["challenger_macro_f1"] is None and row["flow_run_id"] == "run-9"
+
+
+def test_judge_scores_both_versions_on_the_test_split_and_the_suite_on_the_challenger(
+        tmp_path):
+    layout = Layout(tmp_path, load_params(REPO).paths)
+    layout.tokens.parent.mkdir(parents=True)
+    pd.DataFrame({"text": ["很好", "不好", "好", "差"], "label": ["positive", "negative"] * 2,
+                  "split": ["test", "test", "test", "train"]}).to_parquet(layout.tokens)
+    layout.labels.write_text(json.dumps(["negative", "positive"]), encoding="utf-8")
+    seen = []
+
+    def keyword_model(frame):  # negative iff the text contains 不
+        seen.append(frame["text"].tolist())
+        negative = frame["text"].str.contains("不").to_numpy(dtype=float)
+        return pd.DataFrame({"label": np.where(negative, "negative", "positive"),
+                             "prob_negative": negative, "prob_positive": 1 - negative})
+
+    def always_positive(frame):
+        return pd.DataFrame({"label": "positive", "prob_negative": 0.0,
+                             "prob_positive": np.ones(len(frame))})
+
+    decision = judge(layout, LENIENT, ("2", keyword_model),
+                     ("1", always_positive), validation_passed=True, run_metrics={})
+    assert decision.promoted and decision.champion == "1"
+    assert decision.challenger_metrics["accuracy"] == 1.0
+    assert decision.champion_metrics["accuracy"] == pytest.approx(2 / 3)
+    assert ["很好", "不好", "好"] in seen  # the test split only, in its order
+    assert decision.behaviour.pass_rate is not None
 
 
 def test_score_predictions_uses_the_probability_columns():

@@ -1,6 +1,7 @@
 """End to end: the promotion gate at the end of real retrains (real DVC, MLflow SQLite store,
-Prefect, TensorFlow), a deliberately untrained challenger, a forced promotion, rollbacks;
-then the champion served over HTTP and used for batch prediction."""
+Prefect, TensorFlow): the shared trained project's champion, then, in a copy of it, a
+deliberately untrained challenger, a forced promotion, rollbacks; then the champion served
+over HTTP and used for batch prediction."""
 
 from __future__ import annotations
 
@@ -15,51 +16,43 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from typer.testing import CliRunner
 
 from flows.batch_predict import batch_predict
-from flows.cli import app
 from flows.promote import promote, rollback
 from flows.retrain import retrain
-from senti import registry
-from senti.config import Layout
-from senti.promote import DECISIONS_TABLE, HISTORY_TAG, PromotionError
-from tests.conftest import REPO, make_project
+from senti import registry, tags
+from senti.cli import app
+from senti.config import load_context
+from senti.promote import PromotionError
+from tests.conftest import REPO, copy_project
 
 pytestmark = pytest.mark.slow
 
 NAME = "senti-sentiment"
-# A champion that learns something in ~15 s of training: clearly better than an untrained
-# model. The gate's baseline condition is off: on 2,500 texts the TF-IDF baseline is as good.
-CHAMPION_PARAMS = {
-    "data.sample_size": 2500, "model.embed_dim": 32, "model.lstm_units": 16,
-    "train.epochs": 2, "train.learning_rate": 0.005, "train.batch_size": 32,
-    "promote.require_beat_baseline": False, "promote.min_behaviour_pass_rate": 0.5,
-}
 # Deliberately untrained: one epoch at a learning rate that barely moves the weights.
 UNTRAINED = {"train.epochs": 1, "model.lstm_units": 2, "train.learning_rate": 0.0001}
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
-    root = make_project(tmp_path_factory.mktemp("promote"), CHAMPION_PARAMS)
-    return root, retrain(root=str(root))
-
-
-@pytest.fixture(scope="module")
-def second(first) -> tuple[Path, dict]:
-    root, _ = first
+def second(trained_project, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the shared project (v1 the champion) retrained with an untrained model."""
+    root = copy_project(trained_project[0], tmp_path_factory.mktemp("promote") / "project")
     return root, retrain(root=str(root), overrides=UNTRAINED)
 
 
 def client_for(root: Path) -> MlflowClient:
-    registry.configure(Layout(root), "senti")
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
     return MlflowClient()
 
 
@@ -67,19 +60,25 @@ def tags_of(client: MlflowClient, version: str) -> dict[str, str]:
     return client.get_model_version(NAME, version).tags
 
 
-def decisions_table(client: MlflowClient, version: str) -> list[dict]:
-    run_id = client.get_model_version(NAME, version).run_id
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=DECISIONS_TABLE)
-    table = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+def _artifact(key: str, flow_run_id: str) -> str:
+    """The Prefect artifact ``key`` that the flow run ``flow_run_id`` created."""
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(
+                any_=[flow_run_id])), limit=50)
+    assert found, f"no Prefect artifact {key} from flow run {flow_run_id}"
+    return max(found, key=lambda a: a.created).data
 
 
-def history(client: MlflowClient) -> list[dict]:
-    return json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG])
+def _artifacts_of(client: MlflowClient, version: str) -> tuple[str, str]:
+    """The retrain-summary and promotion-decision artifacts of a version's retrain."""
+    version_tags = tags_of(client, version)
+    return (_artifact("retrain-summary", version_tags[tags.PREFECT_FLOW_RUN]),
+            _artifact("promotion-decision", version_tags[tags.DECISION_FLOW_RUN]))
 
 
-def test_first_version_passes_the_gate_and_becomes_champion(first):
-    root, result = first
+def test_first_version_passes_the_gate_and_becomes_champion(trained_project):
+    root, result = trained_project
     promotion = result["promotion"]
     assert result["version"] == "1"
     assert promotion["decision"] == "promoted" and promotion["promoted"]
@@ -89,31 +88,24 @@ def test_first_version_passes_the_gate_and_becomes_champion(first):
     client = client_for(root)
     assert registry.alias_version(NAME, "champion") == "1"
     assert registry.alias_version(NAME, "challenger") is None  # promoted: no longer challenger
-    tags = tags_of(client, "1")
-    assert tags["senti.validation"] == "passed"
-    assert tags["promote.decision"] == "promoted"
-    assert tags["promote.champion_version"] == "none"
-    assert tags["promote.flow_run_id"] not in ("", "none")
-    assert float(tags["promote.challenger.macro_f1"]) == pytest.approx(
+    tags_1 = tags_of(client, "1")
+    assert tags_1["senti.validation"] == "passed"
+    assert tags_1["promote.decision"] == "promoted"
+    assert tags_1["promote.champion_version"] == "none"
+    assert tags_1["promote.previous_champion"] == "none"
+    assert tags_1["promote.flow_run_id"] not in ("", "none")
+    assert float(tags_1["promote.challenger.macro_f1"]) == pytest.approx(
         promotion["challenger_metrics"]["macro_f1"], rel=1e-5)
-    assert float(tags["promote.behaviour_pass_rate"]) >= 0.5
+    assert float(tags_1["promote.behaviour_pass_rate"]) >= 0.5
     run = client.get_run(client.get_model_version(NAME, "1").run_id)
     for check in ("negation", "template", "punctuation_width", "trailing_emoji", "traditional"):
         assert 0.0 <= run.data.metrics[f"behaviour.{check}.pass_rate"] <= 1.0
     assert run.data.metrics["gate.promoted"] == 1.0
-    rows = decisions_table(client, "1")
-    assert [r["decision"] for r in rows] == ["promoted"]
-    assert [(e["version"], e["how"]) for e in history(client)] == [("1", "promoted")]
-    assert "Promotion gate: **promoted**" in _artifact("retrain-summary")
-    assert "v1 promoted to @champion" in _artifact("promotion-decision")
-
-
-def _artifact(key: str) -> str:
-    with get_client(sync_client=True) as prefect:
-        found = prefect.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=50)
-    assert found, f"no Prefect artifact {key}"
-    return max(found, key=lambda a: a.created).data
+    assert [r["decision"] for r in registry.decisions(NAME, "1")] == ["promoted"]
+    assert client.get_registered_model(NAME).tags == {}  # the history is the version tags
+    summary, decision = _artifacts_of(client, "1")
+    assert "Promotion gate: **promoted**" in summary
+    assert "v1 promoted to @champion" in decision
 
 
 def test_worse_retrain_is_rejected_and_champion_unchanged(second):
@@ -129,18 +121,21 @@ def test_worse_retrain_is_rejected_and_champion_unchanged(second):
     client = client_for(root)
     assert registry.alias_version(NAME, "champion") == "1"
     assert registry.alias_version(NAME, "challenger") == "2"
-    tags = tags_of(client, "2")
-    assert tags["promote.decision"] == "rejected"
-    assert tags["promote.champion_version"] == "1"
-    assert "macro-F1" in tags["promote.reason"]
+    recorded = tags_of(client, "2")
+    assert recorded["promote.decision"] == "rejected"
+    assert recorded["promote.champion_version"] == "1"
+    assert "macro-F1" in recorded["promote.reason"]
     # tags hold 6 significant digits
-    assert float(tags["promote.mcnemar_p_value"]) == pytest.approx(promotion["p_value"], rel=1e-5)
+    assert float(recorded["promote.mcnemar_p_value"]) == pytest.approx(promotion["p_value"],
+                                                                       rel=1e-5)
     # the champion was re-scored on the same test split as in its own promotion
-    assert float(tags["promote.champion.macro_f1"]) == pytest.approx(
+    assert float(recorded["promote.champion.macro_f1"]) == pytest.approx(
         float(tags_of(client, "1")["promote.challenger.macro_f1"]), rel=1e-5)
-    assert [r["decision"] for r in decisions_table(client, "2")] == ["rejected"]
-    assert "rejected: @champion unchanged" in _artifact("promotion-decision")
-    assert "Promotion gate: **rejected**" in _artifact("retrain-summary")
+    assert "promote.previous_champion" not in recorded  # it replaced nothing
+    assert [r["decision"] for r in registry.decisions(NAME, "2")] == ["rejected"]
+    summary, decision = _artifacts_of(client, "2")
+    assert "rejected: @champion unchanged" in decision
+    assert "Promotion gate: **rejected**" in summary
 
 
 def test_forced_promotion_then_rollbacks(second):
@@ -149,24 +144,25 @@ def test_forced_promotion_then_rollbacks(second):
     assert forced["challenger"] == "2" and forced["decision"] == "forced"
     client = client_for(root)
     assert registry.alias_version(NAME, "champion") == "2"
-    tags = tags_of(client, "2")
-    assert tags["promote.decision"] == "forced"
-    assert tags["promote.reason"].startswith("forced: operator test; overrode: macro-F1")
-    assert [r["decision"] for r in decisions_table(client, "2")] == ["rejected", "forced"]
+    recorded = tags_of(client, "2")
+    assert recorded["promote.decision"] == "forced"
+    assert recorded["promote.reason"].startswith("forced: operator test; overrode: macro-F1")
+    assert recorded["promote.previous_champion"] == "1"
+    assert [r["decision"] for r in registry.decisions(NAME, "2")] == ["rejected", "forced"]
 
     back = rollback(root=str(root), reason="v2 is worse")
     assert (back["from_version"], back["to_version"]) == ("2", "1")
     assert registry.alias_version(NAME, "champion") == "1"
-    tags = tags_of(client, "1")
-    assert tags["promote.decision"] == "rollback"
-    assert tags["promote.reason"] == "v2 is worse"
-    assert tags["promote.champion_version"] == "2"
-    assert tags["promote.flow_run_id"] not in ("", "none")
-    assert "promote.challenger.macro_f1" not in tags  # tags describe the latest decision only
+    recorded = tags_of(client, "1")
+    assert recorded["promote.decision"] == "rollback"
+    assert recorded["promote.reason"] == "v2 is worse"
+    assert recorded["promote.champion_version"] == "2"
+    assert recorded["promote.flow_run_id"] not in ("", "none")
+    assert "promote.challenger.macro_f1" not in recorded  # tags describe the latest decision only
+    assert recorded["promote.previous_champion"] == "none"  # v1's own predecessor, kept
     assert "promote.rolled_back" in tags_of(client, "2")
-    assert [r["decision"] for r in decisions_table(client, "1")] == ["promoted", "rollback"]
-    assert [(e["version"], e["how"]) for e in history(client)] == [
-        ("1", "promoted"), ("2", "forced"), ("1", "rollback")]
+    assert [r["decision"] for r in registry.decisions(NAME, "1")] == ["promoted", "rollback"]
+    assert client.get_registered_model(NAME).tags == {}
     with pytest.raises(PromotionError, match="no earlier champion"):
         rollback(root=str(root))
     assert registry.alias_version(NAME, "champion") == "1"
