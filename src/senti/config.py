@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,14 +44,20 @@ class _Section(BaseModel):
 
 
 def _between(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-             hi_open: bool = False, note: str | None = None) -> Any:
-    """A range constraint; ``note`` explains special values in the error message."""
-    bounds: dict[str, float] = {}
-    if lo is not None:
-        bounds["gt" if lo_open else "ge"] = lo
-    if hi is not None:
-        bounds["lt" if hi_open else "le"] = hi
-    return Field(description=note, **bounds)
+             hi_open: bool = False, note: str | None = None) -> AfterValidator:
+    """A range check whose error names the range (and ``note``, what special values mean)."""
+    if hi is None:
+        text = f"must be {'>' if lo_open else '>='} {lo}"
+    else:
+        text = f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    text += f" ({note})" if note else ""
+
+    def check(value: float) -> float:
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+                (hi is not None and (value >= hi if hi_open else value > hi)):
+            raise ValueError(text)
+        return value
+    return AfterValidator(check)
 
 
 Fraction = Annotated[float, _between(0, 1, hi_open=True)]
@@ -160,42 +166,43 @@ class PromoteParams(_Section):
 def _relative_path(value: str) -> str:
     path = PurePosixPath(value)
     if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
-        raise ValueError(f"must be a relative path inside the project, got {value!r}")
+        raise ValueError("must be a relative path inside the project")
     return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
 
 
 class Paths(_Section):
     """Where every artifact lives, relative to the project root (``dvc.yaml`` reads these)."""
 
-    raw_csv: str
-    dataset: str
-    tokens: str
-    vocab: str
-    labels: str
-    embeddings: str
-    model_dir: str
-    checkpoints: str
-    reports: str
-    ingest_report: str
-    validation_report: str
-    data_docs: str
-    prepare_report: str
-    segment_report: str
-    vocab_report: str
-    embeddings_report: str
-    train_report: str
-    train_history: str
-    metrics: str
-    predictions: str
-    evaluation_md: str
-    confusion_png: str
-    reliability_png: str
-    roc_pr_png: str
-    training_curves_png: str
-    mlflow_db: str
-    mlflow_artifacts: str
-
-    _relative = field_validator("*")(classmethod(lambda cls, v: _relative_path(v)))
+    raw_csv: RelPath
+    dataset: RelPath
+    tokens: RelPath
+    vocab: RelPath
+    labels: RelPath
+    embeddings: RelPath
+    model_dir: RelPath
+    checkpoints: RelPath
+    reports: RelPath
+    ingest_report: RelPath
+    validation_report: RelPath
+    data_docs: RelPath
+    prepare_report: RelPath
+    segment_report: RelPath
+    vocab_report: RelPath
+    embeddings_report: RelPath
+    train_report: RelPath
+    train_history: RelPath
+    metrics: RelPath
+    predictions: RelPath
+    evaluation_md: RelPath
+    confusion_png: RelPath
+    reliability_png: RelPath
+    roc_pr_png: RelPath
+    training_curves_png: RelPath
+    mlflow_db: RelPath
+    mlflow_artifacts: RelPath
 
 
 class Params(_Section):
@@ -240,35 +247,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
-             "bool_type": "true/false", "string_type": "a string", "list_type": "a list",
-             "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type":
-             "a mapping"}
-
-
-def _field(loc: tuple) -> Any:
-    """The pydantic FieldInfo at ``loc`` (e.g. ("train", "epochs")), or None."""
-    model: Any = Params
-    info = None
-    for part in loc:
-        fields = getattr(model, "model_fields", {})
-        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        if info is None:
-            return None
-        model = info.annotation
-    return info
-
-
-def _range_text(info: Any) -> str:
-    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata
-              if isinstance(m, Gt | Ge | Lt | Le)}
-    lo = ("(", bounds["Gt"]) if "Gt" in bounds else ("[", bounds.get("Ge"))
-    hi = (")", bounds["Lt"]) if "Lt" in bounds else ("]", bounds.get("Le"))
-    if hi[1] is None:
-        text = f"must be {'>' if lo[0] == '(' else '>='} {lo[1]}"
-    else:
-        text = f"must be in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
-    return text + (f" ({info.description})" if info.description else "")
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true/false",
+             "string_type": "a string", "list_type": "a list", "model_type": "a mapping"}
 
 
 def _message(error: dict) -> str:
@@ -283,12 +263,10 @@ def _message(error: dict) -> str:
         return f"{key}: expected {_EXPECTED[kind]}, got {got!r}"
     if kind == "literal_error":
         return f"{key} must be one of {error['ctx']['expected']}, got {got!r}"
-    info = _field(loc)
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") \
-            and info is not None:
-        return f"{key} {_range_text(info)}, got {got!r}"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return message if not loc or message.startswith(key) else f"{key}: {message}"
+    if message.startswith("must be"):  # a range (_between)
+        return f"{key} {message}, got {got!r}"
+    return message if message.startswith(key) else f"{key}: {message}"
 
 
 def parse_params(tree: Any) -> Params:

@@ -84,7 +84,8 @@ def test_paths_must_stay_inside_the_project(tmp_path):
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
     tree["paths"]["tokens"] = "../outside.parquet"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
-    with pytest.raises(ParamsError, match=r"paths.tokens: must be a relative path inside"):
+    with pytest.raises(ParamsError, match=r"paths.tokens must be a relative path inside the "
+                                          r"project, got '../outside"):
         load_params(tmp_path)
 
 

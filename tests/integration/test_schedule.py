@@ -136,7 +136,7 @@ def test_served_deployments_carry_the_declared_schedule_and_root(served, project
     nightly = _deployment(RETRAIN)
     assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == \
         [(deployments.NIGHTLY_CRON, deployments.TIMEZONE, True)]
-    assert nightly.concurrency_limit == 1
+    assert nightly.global_concurrency_limit.limit == 1  # one retrain at a time
 
 
 def test_unchanged_rerun_is_a_noop_that_says_nothing_changed(served, project):
