@@ -1,23 +1,48 @@
-"""Lineage facts recorded with every model: git state, DVC stage hashes, input fingerprint,
-and the training record (``lineage.json``) that :mod:`senti.audit` verifies later.
+"""Lineage: what produced a registered model version, recorded when it is registered and read
+back later: show the chain, find the versions a data version trained, verify by hashes,
+restore a version's inputs.
 
-Reads ``dvc.lock`` as YAML and the DVC cache as files (no DVC import): dvc.lock is the record
-DVC wrote of every stage's command, parameters, and the content hash of each dependency and
-output; a DVC 3 cache (or local remote) keeps each object at ``files/md5/<2 hex>/<rest>``.
+Recorded: the git state (run tags) and the training record ``lineage.json``
+(:func:`training_record`, logged by :func:`senti.registry.log_retrain`). Read back: only what
+registration and the promotion gate recorded (the tag schema is :mod:`senti.tags`: run params,
+metrics and tags, the run's ``reports/``, ``lineage.json``, ``lineage/params.yaml`` and
+``lineage/dvc.lock``, ``promote.*`` version tags and the run's decisions table), never the
+current working tree. Data objects come from the project's DVC cache, fetched from its
+default remote when the cache lacks them, through :mod:`senti.versioning`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import yaml
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-from senti.io import sha256_bytes
+from senti import tags, versioning
+from senti.config import PARAMS_FILE, Layout
+from senti.io import sha256_file
 
+RECORD_SCHEMA = 1
+# senti.prepare.clean's steps in order, each with the count of rows it drops.
+CLEANING_STEPS = (("labelled", "dropped_missing_label"), ("non-empty", "dropped_empty_text"),
+                  ("de-duplicated", "dropped_duplicates"),
+                  ("no label conflicts", "dropped_conflicting_rows"))
+
+
+class LineageError(LookupError):
+    """The version does not exist, or lacks what an audit needs."""
+
+
+# ---- recorded at registration -------------------------------------------------------------
 
 @dataclass(frozen=True)
 class GitState:
@@ -40,130 +65,400 @@ def git_state(root: Path) -> GitState:
     return GitState(commit, None if status is None else bool(status))
 
 
-def read_lock(lock_file: Path) -> dict:
-    """The ``stages`` mapping of dvc.lock (empty if the pipeline never ran)."""
-    if not lock_file.exists():
-        return {}
-    return (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
-
-
-def _hash_of(entry: dict) -> str:
-    return str(entry.get("md5") or entry.get("hash") or entry.get("etag") or "")
-
-
-def stage_hashes(lock: dict) -> dict[str, str]:
-    """``<stage>.<deps|outs>.<path>`` -> content hash, for every stage in dvc.lock."""
-    hashes = {}
-    for stage, body in lock.items():
-        for kind in ("deps", "outs"):
-            for entry in body.get(kind, []):
-                hashes[f"{stage}.{kind}.{entry['path']}"] = _hash_of(entry)
-    return hashes
-
-
-def inputs_fingerprint(lock: dict, source_stages: tuple[str, ...] = ("ingest",)) -> str:
-    """A hash of what the pipeline was given: each stage's command and params, every
-    dependency that no stage produces (code, dictionaries), and the outputs of the source
-    stages (the raw data, which comes from outside the pipeline).
-
-    Intermediate products are left out: they follow from these inputs, and a saved model
-    embeds its save time. Equal fingerprints mean the same training inputs, so a retrain on
-    unchanged inputs registers nothing new.
-    """
-    produced = {o["path"] for body in lock.values() for o in body.get("outs", [])}
-    canonical = {
-        stage: {
-            "cmd": body.get("cmd"),
-            "params": body.get("params", {}),
-            "deps": sorted((d["path"], _hash_of(d)) for d in body.get("deps", [])
-                           if d["path"] not in produced),
-            "outs": sorted((o["path"], _hash_of(o)) for o in body.get("outs", []))
-            if stage in source_stages else [],
-        }
-        for stage, body in sorted(lock.items())
-    }
-    return sha256_bytes(json.dumps(canonical, sort_keys=True, default=str).encode())
-
-
-# ---- recorded at registration, read back by senti.audit ---------------------------------
-
-RECORD_ARTIFACT = "lineage.json"         # run artifact: what `senti lineage verify` checks
-PARAMS_ARTIFACT_DIR = "lineage"          # run artifact dir holding the params.yaml that trained
-DVC_OBJECTS = Path(".dvc/cache/files/md5")  # DVC 3 default cache objects, relative to the root
-RECORD_SCHEMA = 1
-
-
-def md5_file(path: Path | str) -> str:
-    """DVC 3's content hash of a file (plain md5 of its bytes)."""
-    with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
-def md5_dir(path: Path | str) -> str:
-    """DVC 3's hash of a directory: the md5 of its manifest (every file's relative POSIX path
-    and md5, sorted by path, as sorted-key JSON) with ``.dir`` appended."""
-    root = Path(path)
-    entries = sorted(({"md5": md5_file(file), "relpath": file.relative_to(root).as_posix()}
-                      for file in root.rglob("*") if file.is_file()),
-                     key=lambda entry: entry["relpath"].split("/"))
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
-
-
-def md5_path(path: Path | str) -> str:
-    """DVC 3's hash of a file or a directory."""
-    return md5_dir(path) if Path(path).is_dir() else md5_file(path)
-
-
-def cached_outputs(dvc_yaml: Path) -> set[str]:
-    """Paths of stage outputs (outs, metrics, plots) that DVC stores in its cache: every one
-    not declared with ``cache: false``."""
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
-    cached = set()
-    for body in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in body.get(kind, []):
-                if isinstance(entry, str):
-                    cached.add(entry)
-                    continue
-                cached.update(path for path, opts in entry.items()
-                              if (opts or {}).get("cache", True))
-    return cached
-
-
-def object_path(objects_dir: Path, md5: str) -> Path:
-    """Where a DVC 3 object store (cache or local remote) keeps the object ``md5``:
-    ``<dir>/<2 hex>/<rest>`` (a directory's manifest keeps its ``.dir`` suffix)."""
-    return Path(objects_dir) / md5[:2] / md5[2:]
-
-
-def find_object(md5: str, objects_dirs: list[Path]) -> Path | None:
-    """The first store that holds ``md5``, as a file path; None when none does."""
-    for objects_dir in objects_dirs:
-        path = object_path(objects_dir, md5)
-        if path.is_file():
-            return path
-    return None
-
-
-def dir_entries(manifest: Path) -> list[tuple[str, str]]:
-    """``(relpath, md5)`` of every file of a directory output, from its ``.dir`` manifest."""
-    return [(entry["relpath"], entry["md5"])
-            for entry in json.loads(manifest.read_text(encoding="utf-8"))]
-
-
 def training_record(root: Path, lock: dict, raw_data: str,
                     artifacts_sha256: dict[str, str]) -> dict:
     """What a registered version needs for a later audit, taken when it is registered:
     sha256 of each model artifact (by pyfunc artifact key), the DVC hash of every cached stage
-    output (``path -> md5``, per ``dvc.yaml``'s cache settings), and which of them is the raw
-    data (``raw_data``, relative to ``root``)."""
-    cached = cached_outputs(root / "dvc.yaml")
-    objects = {out["path"]: _hash_of(out) for body in lock.values()
-               for out in body.get("outs", []) if out["path"] in cached}
+    output (``path -> md5`` from ``lock``, dvc.lock's ``stages``), and which of them is the
+    raw data (``raw_data``, relative to ``root``)."""
+    objects = versioning.cached_objects(root, lock)
     return {
         "schema": RECORD_SCHEMA,
         "artifacts_sha256": dict(sorted(artifacts_sha256.items())),
         "dvc_objects": dict(sorted(objects.items())),
         "raw_data": {"path": raw_data, "md5": objects.get(raw_data)},
-        "params_file": f"{PARAMS_ARTIFACT_DIR}/params.yaml",
+        "params_file": tags.PARAMS_ARTIFACT,
     }
+
+
+# ---- reading a version back ---------------------------------------------------------------
+
+def resolve(ref: str) -> ModelVersion:
+    """``NAME@ALIAS`` or ``NAME/VERSION`` (a ``models:/`` prefix is allowed) -> the version."""
+    text = ref.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in text:
+            name, _, alias = text.rpartition("@")
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = text.rpartition("/")
+        if name and version.isdigit():
+            return client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise LineageError(f"no model version {ref}: {exc.message}") from exc
+    raise LineageError(f"{ref!r}: expected NAME@ALIAS or NAME/VERSION")
+
+
+def _load(run_id: str, path: str) -> Any:
+    """A JSON artifact of a run; None when the run has none there."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+def _download(run_id: str, path: str, dest: Path) -> Path | None:
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        dst_path=str(dest)))
+    except (MlflowException, OSError):
+        return None
+
+
+def recorded(version: ModelVersion) -> dict:
+    """The version's training record (see :func:`training_record`)."""
+    record = _load(version.run_id, tags.LINEAGE_RECORD)
+    if record is None:
+        raise LineageError(f"{version.name}/{version.version} has no {tags.LINEAGE_RECORD}: it "
+                           "was registered before lineage records were kept")
+    return record
+
+
+# ---- the chain ----------------------------------------------------------------------------
+
+def _iso(millis: int | None) -> str | None:
+    if not millis:
+        return None
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _logged(layout: Layout, path: Path) -> str:
+    """Where the run keeps a file of the pipeline's reports directory (logged whole)."""
+    return f"{tags.REPORTS_DIR}/{path.relative_to(layout.reports).as_posix()}"
+
+
+def _test_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {"model": {}, "baseline": {}}
+    for key, value in sorted(metrics.items()):
+        for who in out:
+            if key.startswith(f"test.{who}."):
+                out[who][key.removeprefix(f"test.{who}.")] = value
+    return out
+
+
+def rows_after_steps(counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows left after each cleaning step (from prepare.json's counts), then after sampling."""
+    if "rows_raw" not in counts:
+        return []
+    rows = counts["rows_raw"]
+    steps = [{"step": "raw", "rows": rows}]
+    for step, dropped in CLEANING_STEPS:
+        rows -= counts.get(dropped, 0)
+        steps.append({"step": step, "rows": rows})
+    if "rows_sampled" in counts:
+        steps.append({"step": "sampled", "rows": counts["rows_sampled"]})
+    return steps
+
+
+def _bool(text: str | None) -> bool | None:
+    return None if text in (None, "None", "unknown") else text == "True"
+
+
+def _promotion(version: ModelVersion) -> dict[str, Any]:
+    """The latest gate decision (``promote.*`` version tags) and every decision and rollback
+    recorded on the version's run (its decisions table), oldest first."""
+    promote = {key.removeprefix(tags.PROMOTE_PREFIX): value for key, value in
+               sorted(version.tags.items()) if key.startswith(tags.PROMOTE_PREFIX)}
+    table = _load(version.run_id, tags.DECISIONS_TABLE) or {}
+    decisions = [dict(zip(table.get("columns", []), row, strict=True))
+                 for row in table.get("data", [])]
+    return {"decision": version.tags.get(tags.DECISION), "reason": version.tags.get(tags.REASON),
+            "time": version.tags.get(tags.DECIDED_AT),
+            "previous_champion": version.tags.get(tags.PREVIOUS_CHAMPION),
+            "rolled_back": version.tags.get(tags.ROLLED_BACK), "tags": promote,
+            "decisions": sorted(decisions, key=lambda row: str(row.get("time")))}
+
+
+def model_lineage(version: ModelVersion, layout: Layout) -> dict[str, Any]:
+    """The whole chain of one version as a JSON-able document with stable keys (a missing
+    fact is None or empty, never an absent key). ``layout``: where the pipeline writes its
+    reports, hence where the run keeps them."""
+    run = MlflowClient().get_run(version.run_id)
+    run_tags, params = run.data.tags, run.data.params
+    ingest, validation, prepare, segment, vocab, embeddings = (
+        _load(version.run_id, _logged(layout, report)) or {} for report in (
+            layout.ingest_report, layout.validation_report, layout.prepare_report,
+            layout.segment_report, layout.vocab_report, layout.embeddings_report))
+    record = _load(version.run_id, tags.LINEAGE_RECORD) or {}
+    dvc = {key.removeprefix(tags.DVC_PREFIX): value for key, value in sorted(run_tags.items())
+           if key.startswith(tags.DVC_PREFIX)}
+    outputs = dict(sorted((key.split(".outs.", 1)[1], value) for key, value in dvc.items()
+                          if ".outs." in key))
+    raw = record.get("raw_data") or {}
+    return {
+        "model": {"name": version.name, "version": str(version.version),
+                  "aliases": sorted(version.aliases or []),
+                  "created": _iso(version.creation_timestamp), "status": version.status,
+                  "inputs_fingerprint": version.tags.get(tags.FINGERPRINT)},
+        "run": {"id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                "status": run.info.status, "start": _iso(run.info.start_time),
+                "end": _iso(run.info.end_time), "artifact_uri": run.info.artifact_uri},
+        "code": {"git_commit": run_tags.get(tags.GIT_COMMIT),
+                 "git_dirty": _bool(run_tags.get(tags.GIT_DIRTY))},
+        "params": dict(sorted(params.items())),
+        "metrics": _test_metrics(run.data.metrics),
+        "data": {
+            "source": params.get("data.source", ingest.get("source")),
+            "source_sha256": ingest.get("source_sha256"),
+            "raw": {"path": raw.get("path"), "md5": raw.get("md5"),
+                    "sha256": ingest.get("raw_sha256")},
+            "outputs": outputs,
+            "dvc_lock": dvc,
+            "rows": prepare.get("counts", {}),
+            "rows_after_step": rows_after_steps(prepare.get("counts", {})),
+            "splits": prepare.get("splits", {}),
+        },
+        "validation": {
+            "success": validation.get("success"), "rows": validation.get("rows"),
+            "outcomes": [{k: o.get(k) for k in ("name", "expectation", "success", "observed")}
+                         for o in validation.get("outcomes", [])],
+            "data_docs": validation.get("data_docs"),
+            "data_docs_artifact": f"{run.info.artifact_uri}/"
+                                  f"{_logged(layout, layout.data_docs / 'index.html')}",
+        },
+        "segmenter": {"jieba_version": run_tags.get(tags.JIEBA_VERSION,
+                                                    segment.get("jieba_version")),
+                      "user_dict": params.get("segment.user_dict"),
+                      "user_dict_sha256": segment.get("user_dict_sha256")},
+        "vocab": {"sha256": run_tags.get(tags.VOCAB_SHA256, vocab.get("sha256")),
+                  "size": vocab.get("size"), "oov_rate": vocab.get("oov_rate", {})},
+        "embeddings": {key: embeddings.get(key) for key in (
+            "sha256", "pretrained", "corpus_texts", "corpus_tokens", "extra_corpus",
+            "extra_corpus_sha256", "vocab_coverage")},
+        "prefect": {"flow_run_id": run_tags.get(tags.PREFECT_FLOW_RUN),
+                    "deployment": run_tags.get(tags.PREFECT_DEPLOYMENT)},
+        "artifacts_sha256": record.get("artifacts_sha256", {}),
+        "promotion": _promotion(version),
+    }
+
+
+def render(chain: dict[str, Any]) -> str:
+    """The chain for people, one section per line group, in the order of the JSON document."""
+    m, r, d, v = chain["model"], chain["run"], chain["data"], chain["validation"]
+    aliases = ", ".join(f"@{a}" for a in m["aliases"]) or "none"
+    lines = [f"{m['name']} version {m['version']}  (aliases: {aliases}; registered {m['created']})",
+             f"run         {r['id']}  {r['status']}  {r['start']} -> {r['end']}",
+             f"code        git {chain['code']['git_commit']}  dirty: {chain['code']['git_dirty']}",
+             "params      " + "\n            ".join(f"{k} = {val}"
+                                                   for k, val in chain["params"].items())]
+    for who, name in (("model", "BiLSTM+attention"), ("baseline", "TF-IDF baseline")):
+        scores = chain["metrics"][who]
+        lines.append(f"test        {name:<17} accuracy {scores.get('accuracy', float('nan')):.4f}"
+                     f"  macro-F1 {scores.get('macro_f1', float('nan')):.4f}")
+    origin = ", ".join(f"{k} sha256 {val}" for k, val in (d["source_sha256"] or {}).items())
+    lines.append(f"data        source {d['source']}  ({origin or 'no ingest report'})")
+    lines.append(f"            raw {d['raw']['path']}  md5 {d['raw']['md5']}")
+    lines += [f"            out {path}  md5 {md5}" for path, md5 in d["outputs"].items()]
+    if d["rows_after_step"]:
+        steps = " -> ".join(f"{s['step']} {s['rows']}" for s in d["rows_after_step"])
+        lines.append(f"            rows {steps}")
+    for split, counts in d["splits"].items():
+        lines.append(f"            split {split}: {counts}")
+    outcomes = v["outcomes"]
+    passed = sum(bool(o["success"]) for o in outcomes)
+    state = {True: "passed", False: "FAILED", None: "no record"}[v["success"]]
+    lines.append(f"validation  {state}: {passed}/{len(outcomes)} expectations on {v['rows']} rows;"
+                 f" Data Docs {v['data_docs']} ({v['data_docs_artifact']})")
+    lines += [f"            {'ok  ' if o['success'] else 'FAIL'} {o['name']}: {o['observed']}"
+              for o in outcomes]
+    s, voc = chain["segmenter"], chain["vocab"]
+    lines.append(f"segmenter   jieba {s['jieba_version']}, user dict {s['user_dict']} "
+                 f"(sha256 {s['user_dict_sha256']})")
+    lines.append(f"vocabulary  sha256 {voc['sha256']}, size {voc['size']}, "
+                 f"OOV rate {voc['oov_rate']}")
+    e = chain["embeddings"]
+    lines.append(f"embeddings  sha256 {e['sha256']}, pretrained {e['pretrained']} on "
+                 f"{e['corpus_tokens']} tokens (extra corpus {e['extra_corpus']}, sha256 "
+                 f"{e['extra_corpus_sha256']}), vocabulary coverage {e['vocab_coverage']}")
+    p = chain["prefect"]
+    lines.append(f"prefect     flow run {p['flow_run_id']}, deployment {p['deployment'] or '-'}")
+    lines += [f"artifact    {key}  sha256 {digest}"
+              for key, digest in chain["artifacts_sha256"].items()]
+    promo = chain["promotion"]
+    history = [f"{row.get('decision')} at {row.get('time')} (champion before: "
+               f"{row.get('champion_before')}): {row.get('reason')}" for row in promo["decisions"]]
+    if not history and promo["decision"]:  # no decisions table: the latest decision's tags
+        history = [f"{promo['decision']} at {promo['time']}: {promo['reason']}"]
+    lines.append("promotion   " + ("\n            ".join(history) or "no decision recorded"))
+    if promo["rolled_back"]:
+        lines.append(f"            rolled back (no longer champion) at {promo['rolled_back']}")
+    return "\n".join(lines)
+
+
+# ---- data -> models -----------------------------------------------------------------------
+
+def trained_on(md5: str) -> list[dict[str, Any]]:
+    """Every registered version (any model) whose run recorded ``md5`` for a DVC dependency or
+    output, oldest first, with the ``<stage>.<deps|outs>.<path>`` entries that matched."""
+    client = MlflowClient()
+    wanted = {md5, md5.removesuffix(".dir")}
+    found = []
+    for version in client.search_model_versions(max_results=10_000):
+        run_tags = client.get_run(version.run_id).data.tags
+        matched = sorted(key.removeprefix(tags.DVC_PREFIX) for key, value in run_tags.items()
+                         if key.startswith(tags.DVC_PREFIX)
+                         and value.removesuffix(".dir") in wanted)
+        if matched:
+            found.append({"model": version.name, "version": str(version.version),
+                          "aliases": sorted(version.aliases or []), "run_id": version.run_id,
+                          "created": _iso(version.creation_timestamp), "matched": matched})
+    return sorted(found, key=lambda f: (f["model"], int(f["version"])))
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """One recomputed hash against the recorded one (``actual`` None: nothing to hash)."""
+
+    kind: str  # "artifact" | "data" | "record"
+    name: str
+    expected: str | None
+    actual: str | None
+    group: str | None = None  # the directory output a file belongs to
+
+    @property
+    def ok(self) -> bool:
+        return self.expected is not None and self.actual == self.expected
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"ok        {self.kind} {self.name}"
+        if self.actual is None:
+            return f"MISSING   {self.kind} {self.name}: expected {self.expected}, not found"
+        return f"MISMATCH  {self.kind} {self.name}: expected {self.expected}, got {self.actual}"
+
+
+def summarize(checks: list[Check]) -> list[str]:
+    """One line per failed check; matching files of a directory output as one line."""
+    lines, seen = [], set()
+    for check in checks:
+        if check.group is None:
+            lines.append(check.describe())
+        elif check.group not in seen:
+            seen.add(check.group)
+            group = [c for c in checks if c.group == check.group]
+            lines += [c.describe() for c in group if not c.ok]
+            matching = sum(c.ok for c in group)
+            lines.append(f"{'ok' if matching == len(group) else 'partly':<9} {check.kind} "
+                         f"{check.group}/ ({matching} of {len(group)} entries match, "
+                         "manifest included)")
+    return lines
+
+
+def _model_artifacts(version: ModelVersion, dest: Path) -> dict[str, Path]:
+    """Download the registered model; its pyfunc artifacts as ``key -> local path``."""
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(dest)))
+    model = mlflow.models.Model.load(str(local))
+    declared = model.flavors.get("python_function", {}).get("artifacts", {})
+    return {key: local / spec["path"] for key, spec in declared.items()}
+
+
+def verify_artifacts(version: ModelVersion, record: dict) -> list[Check]:
+    """sha256 of each artifact of the registered model against the training record; an
+    artifact the record does not know (or the other way round) is a failure too."""
+    expected = record.get("artifacts_sha256", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _model_artifacts(version, Path(tmp))
+        return [Check("artifact", key, expected.get(key),
+                      sha256_file(files[key]) if key in files and files[key].is_file()
+                      else None)
+                for key in sorted(set(expected) | set(files))]
+
+
+def _recomputed(root: Path, oids: list[str]) -> dict[str, str | None]:
+    """Each object's hash recomputed from the project's DVC cache (None: not cached)."""
+    files = versioning.cache_files(root, oids)
+    return {oid: versioning.object_hash(files[oid], oid) if oid in files else None
+            for oid in oids}
+
+
+def verify_data(root: Path, record: dict) -> list[Check]:
+    """The DVC hash of each recorded output, recomputed from the project's cache; a
+    directory output is checked as its manifest and every file the manifest lists."""
+    objects = record.get("dvc_objects", {})
+    actual = _recomputed(root, list(objects.values()))
+    checks = []
+    for path, oid in objects.items():
+        if not oid.endswith(".dir"):
+            checks.append(Check("data", path, oid, actual[oid]))
+            continue
+        checks.append(Check("data", f"{path}/ (manifest)", oid, actual[oid], group=path))
+        if actual[oid] != oid:
+            continue
+        entries = versioning.dir_entries(root, oid)
+        found = _recomputed(root, [entry for _, entry in entries])
+        checks += [Check("data", f"{path}/{relpath}", entry, found[entry], group=path)
+                   for relpath, entry in entries]
+    return checks
+
+
+def verify(root: Path, version: ModelVersion) -> tuple[list[Check], int]:
+    """Every check of a version (its model artifacts and its training data, fetched first
+    from the DVC remote where the cache lacks it) and how many objects were fetched."""
+    try:
+        record = recorded(version)
+    except LineageError:
+        return [Check("record", tags.LINEAGE_RECORD, "present", None)], 0
+    fetched = versioning.fetch(root, record.get("dvc_objects", {}).values())
+    return verify_artifacts(version, record) + verify_data(root, record), len(fetched)
+
+
+# ---- checkout -----------------------------------------------------------------------------
+
+def checkout(root: Path, version: ModelVersion, dest: Path) -> dict[str, Any]:
+    """Restore into ``dest`` the raw data (by its recorded DVC hash, from the project's cache
+    or its remote) and the params.yaml that produced ``version``, plus its dvc.lock and
+    training record.
+
+    When ``data.source`` was a relative CSV path the raw data is also written there (ingest
+    copies a CSV source byte for byte), so ``senti retrain --root`` on a checkout of the
+    recorded git commit with these files reproduces the same inputs.
+    """
+    record = recorded(version)
+    raw = record.get("raw_data") or {}
+    md5 = raw.get("md5")
+    if not md5:
+        raise LineageError(f"{version.name}/{version.version}: no raw data hash recorded")
+    versioning.fetch(root, [md5])
+    found = versioning.cache_files(root, [md5]).get(md5)
+    if found is None:
+        raise LineageError(f"raw data {raw['path']} (md5 {md5}) is in no DVC cache or "
+                           "remote: it cannot be restored")
+    actual = versioning.object_hash(found, md5)
+    if actual != md5:
+        raise LineageError(f"raw data {raw['path']} in {found}: md5 {actual}, "
+                           f"recorded {md5} (the cache copy is corrupt)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        params_file = _download(version.run_id, record["params_file"], Path(tmp))
+        if params_file is None:
+            raise LineageError(f"{version.name}/{version.version} has no logged params.yaml")
+        shutil.copyfile(params_file, dest / PARAMS_FILE)
+        lock = _download(version.run_id, tags.DVC_LOCK_ARTIFACT, Path(tmp))
+        if lock is not None:
+            shutil.copyfile(lock, dest / versioning.DVC_LOCK)
+    run = MlflowClient().get_run(version.run_id)
+    written = [raw["path"]]
+    source = run.data.params.get("data.source", "")
+    if source.endswith(".csv") and not Path(source).is_absolute() and ".." not in source:
+        written.append(source)
+    for relpath in written:
+        (dest / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, dest / relpath)  # content only: the copy is writable
+    (dest / tags.LINEAGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
+    return {"version": f"{version.name}/{version.version}", "dir": str(dest),
+            "files": dict.fromkeys(written, md5), "params": PARAMS_FILE,
+            "git_commit": run.data.tags.get(tags.GIT_COMMIT)}

@@ -53,7 +53,6 @@ ROLLED_BACK: Final = "promote.rolled_back"  # time this version was rolled back 
 
 # run artifacts
 REPORTS_DIR: Final = "reports"  # the pipeline's reports directory, logged whole
-DATA_DOCS_DIR: Final = "data_docs"
 LINEAGE_RECORD: Final = "lineage.json"  # what `senti lineage verify` checks
 PARAMS_ARTIFACT: Final = "lineage/params.yaml"  # the params.yaml that trained the model
 DVC_LOCK_ARTIFACT: Final = "lineage/dvc.lock"

@@ -11,13 +11,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import chdir, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from senti.io import sha256_bytes
+
+if TYPE_CHECKING:
+    from dvc_data.hashfile.db import HashFileDB
 
 # DVC's "to track the changes with git, run ..." hint after every stage is noise here.
 logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
@@ -125,3 +129,90 @@ def push(root: Path | str) -> int | None:
         if not repo.config["core"].get("remote"):
             return None
         return repo.push()
+
+
+# ---- the cache and the remote, for lineage ------------------------------------------------
+# Object ids are DVC's hashes as dvc.lock records them: ``<md5>``, or ``<md5>.dir`` for the
+# manifest listing a directory's files. Where an object lives, how a manifest reads and how
+# data hashes are DVC's (dvc_data) business; callers get paths, hashes and lists.
+
+def cached_objects(root: Path | str, lock: dict) -> dict[str, str]:
+    """``path -> hash`` of every output in ``lock`` (dvc.lock's ``stages``) that DVC keeps in
+    its cache: the outs, metrics and plots of dvc.yaml not declared ``cache: false``."""
+    with _repo(root) as repo:
+        cached = {out.def_path for out in repo.index.outs if out.use_cache}
+    return {out["path"]: _hash_of(out) for body in lock.values()
+            for out in body.get("outs", []) if out["path"] in cached}
+
+
+def data_hash(root: Path | str, path: Path | str) -> str:
+    """The hash DVC would record for a file or directory (``<md5>`` or ``<md5>.dir``), with
+    the project's ``.dvcignore`` applied."""
+    from dvc.fs import localfs
+    from dvc_data.hashfile.build import build
+
+    with _repo(root) as repo:
+        _, _, obj = build(repo.cache.local, str(Path(path).resolve()), localfs, "md5",
+                          dry_run=True, ignore=repo.dvcignore)
+    return obj.hash_info.value
+
+
+def object_hash(file: Path | str, oid: str) -> str:
+    """DVC's hash of the cache object ``oid`` recomputed from the bytes of ``file`` (a
+    manifest's carries ``.dir``). Unlike DVC's own check it leaves a corrupt object in place,
+    so an audit can report it."""
+    from dvc_data.hashfile.hash import file_md5
+
+    return file_md5(str(file)) + (".dir" if oid.endswith(".dir") else "")
+
+
+def cache_files(root: Path | str, oids: Iterable[str]) -> dict[str, Path]:
+    """The file holding each object in the project's DVC cache; objects it lacks are left
+    out."""
+    with _repo(root) as repo:
+        cache = repo.cache.local
+        return {oid: Path(cache.oid_to_path(oid)) for oid in oids if cache.exists(oid)}
+
+
+def _entries(cache: HashFileDB, oid: str) -> list[tuple[str, str]]:
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+    from dvc_objects.errors import ObjectFormatError
+
+    try:
+        tree = Tree.load(cache, HashInfo("md5", oid))
+    except (FileNotFoundError, ObjectFormatError):
+        return []
+    return [("/".join(key), entry.value) for key, _, entry in tree]
+
+
+def dir_entries(root: Path | str, oid: str) -> list[tuple[str, str]]:
+    """``(relpath, oid)`` of each file the cached manifest ``oid`` lists (none when the cache
+    lacks it or it is not a readable manifest)."""
+    with _repo(root) as repo:
+        return _entries(repo.cache.local, oid)
+
+
+def fetch(root: Path | str, oids: Iterable[str]) -> list[str]:
+    """Fetch from the default remote into the cache the objects of ``oids`` the cache lacks,
+    with the files listed by the directory manifests among them; return the ids fetched.
+    Objects the remote lacks too stay missing (an audit reports them); without a default
+    remote nothing is fetched. Objects already cached are not touched, corrupt or not."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    wanted = list(dict.fromkeys(oids))
+    with _repo(root) as repo:
+        if not repo.config["core"].get("remote"):
+            return []
+        cache, tried, fetched = repo.cache.local, set(), []
+        for _ in range(2):  # the objects, then the files of manifests fetched in round one
+            listed = [entry for oid in wanted if oid.endswith(".dir")
+                      for _, entry in _entries(cache, oid)]
+            missing = [oid for oid in dict.fromkeys([*wanted, *listed])
+                       if oid not in tried and not cache.exists(oid)]
+            if not missing:
+                break
+            tried.update(missing)
+            result = repo.cloud.pull([HashInfo("md5", oid) for oid in missing])
+            fetched += sorted(info.value for info in result.transferred)
+        return fetched
