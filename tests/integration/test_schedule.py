@@ -163,7 +163,7 @@ def test_triggered_deployment_retrains_and_registers(served, project):
     run = _trigger(RETRAIN, overrides={"train.epochs": 1})
     assert run.state.type == StateType.COMPLETED, (run.state.message, served.output)
     version = _versions(project)[-1]
-    assert version.version == "2"
+    assert str(version.version) == "2"
     run_tags = MlflowClient().get_run(version.run_id).data.tags
     assert run_tags[tags.PREFECT_FLOW_RUN] == str(run.id)
     assert run_tags[tags.PREFECT_DEPLOYMENT] == RETRAIN.split("/")[-1]
