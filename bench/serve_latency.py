@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
 from senti import registry
-from senti.config import Layout, load_params
+from senti.config import load_context
 from senti.segment import Segmenter
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model-uri")
     parser.add_argument("--n", type=int, default=300, help="single-text calls to time")
     args = parser.parse_args()
-    layout, params = Layout(Path(".")), load_params(".")
+    params, layout = load_context(".")
     registry.configure(layout, params.registry.experiment)
     uri = args.model_uri or registry.resolve_model_uri(params.registry.model_name)
     model = mlflow.pyfunc.load_model(uri)
