@@ -112,43 +112,28 @@ def register(root: str, flow_run_id: str | None) -> tuple[registry.RegisteredVer
     return registry.log_retrain(layout, params, run_tags, fingerprint), None
 
 
-def _already_judged(root: str, version: str, judged: str) -> dict[str, Any]:
-    """The gate's recorded decision on an existing ``version`` as a promotion result: its
-    inputs are unchanged, so rerunning the gate would only repeat it, or undo a rollback."""
-    params, layout = load_context(root)
-    registry.configure(layout, params.registry.experiment)
-    return {"challenger": version,
-            "champion": registry.alias_version(params.registry.model_name, tags.CHAMPION),
-            "promoted": False, "decision": "unchanged",
-            "reason": f"inputs unchanged; version {version} was judged already ({judged}): "
-                      f"`senti promote --version {version}` reruns the gate"}
-
-
 def _summary_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
-    def status(stage: str, state: str) -> str:
-        if result.nothing_changed and stage == "ingest":  # always_changed: DVC reruns it
-            return f"re-read the source; output unchanged (md5 `{ingest_md5}`)"
-        return state
-    rows = "\n".join(f"| {s} | {status(s, state)} |" for s, state in result.stages.items())
+    rows = "\n".join(
+        f"| {stage} | " + (f"re-read the source; output unchanged (md5 `{ingest_md5}`)"
+                           if result.nothing_changed and stage == "ingest" else state) + " |"
+        for stage, state in result.stages.items())  # ingest is always_changed: DVC reruns it
+    table = f"| stage | status |\n|---|---|\n{rows}"
     gate = (f"Promotion gate: **{result.promotion.get('decision', 'not run')}**: "
             f"{result.promotion.get('reason', '')}\n")
     if result.nothing_changed:
-        return (f"# Retrain: nothing changed\n\n"
-                f"Data and params are unchanged since version **{result.version}** "
-                f"(`{result.model_uri}`): no new version was registered.\n\n"
-                f"## What was checked\n\n| stage | status |\n|---|---|\n{rows}\n\n"
-                f"- inputs fingerprint (dvc.lock: every stage's command and params, the source "
-                f"dependencies, the raw data hash): `{result.fingerprint}`\n"
-                f"- registered version with this fingerprint: **{result.version}**\n- {gate}")
-    model, baseline = result.metrics.get("model", {}), result.metrics.get("baseline", {})
+        return (f"# Retrain: nothing changed\n\nData and params are unchanged since version "
+                f"**{result.version}** (`{result.model_uri}`): no new version was registered."
+                f"\n\n## What was checked\n\n{table}\n\n- inputs fingerprint (dvc.lock: "
+                "every stage's command and params, the source dependencies, the raw data "
+                f"hash): `{result.fingerprint}`\n- registered version with this fingerprint: "
+                f"**{result.version}**\n- {gate}")
+    scores = "\n".join(f"| {name} | {m.get('accuracy', 0):.4f} | {m.get('macro_f1', 0):.4f} |"
+                       for name, m in (("BiLSTM", result.metrics.get("model", {})),
+                                       ("baseline", result.metrics.get("baseline", {}))))
     registered = ("registered new version" if result.registered
                   else "nothing changed: no new version")
-    return (f"# Retrain\n\n| stage | status |\n|---|---|\n{rows}\n\n"
-            f"Model `{result.model_uri}` ({registered}).\n\n"
-            f"| | accuracy | macro-F1 |\n|---|---|---|\n"
-            f"| BiLSTM | {model.get('accuracy', 0):.4f} | {model.get('macro_f1', 0):.4f} |\n"
-            f"| baseline | {baseline.get('accuracy', 0):.4f} | "
-            f"{baseline.get('macro_f1', 0):.4f} |\n\n{gate}")
+    return (f"# Retrain\n\n{table}\n\nModel `{result.model_uri}` ({registered}).\n\n"
+            f"| | accuracy | macro-F1 |\n|---|---|---|\n{scores}\n\n{gate}")
 
 
 @flow(name="retrain", log_prints=True)
@@ -173,8 +158,12 @@ def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[st
         lock = versioning.read_lock(root)
         result.pushed = push_data(root)
         version, judged = register(root, flow_run.get_id())
-        result.promotion = (_already_judged(root, version.version, judged) if judged
-                            else gate_new_version(root, version.version))
+        # a version judged before (inputs unchanged) is not judged again: that would only
+        # repeat the decision, or undo a rollback
+        result.promotion = gate_new_version(root, version.version) if not judged else {
+            "challenger": version.version, "promoted": False, "decision": "unchanged",
+            "reason": f"inputs unchanged; version {version.version} was judged already "
+                      f"({judged}): `senti promote --version {version.version}` reruns the gate"}
     finally:
         if original is not None:
             (Path(root) / "params.yaml").write_text(original, encoding="utf-8")
