@@ -40,7 +40,7 @@ SHARED_GATE = {"promote.require_beat_baseline": False, "promote.min_behaviour_pa
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # every test project uses its own SQLite store
-# DVC runs `senti stage ...` in a shell: it must be this environment's senti.
+# DVC runs `python -m senti.stages...` in a shell: it must be this environment's python.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 

@@ -45,7 +45,7 @@ import pandas as pd
 from senti.config import ValidateParams
 
 # No network here; must precede GX's import. GX is imported inside the functions that use it:
-# it takes ~2 s, which every `senti stage` process (and the CLI) would pay otherwise.
+# it takes ~2 s, which every stage process (and the CLI) would pay otherwise.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 TEXT = "text"
@@ -117,14 +117,6 @@ class ValidationReport:
         if self.data_docs:
             lines.append(f"Data Docs: {self.data_docs}")
         return "\n".join(lines)
-
-
-class DataValidationError(Exception):
-    """Raised by callers when the raw data fails validation; carries the report."""
-
-    def __init__(self, report: ValidationReport) -> None:
-        super().__init__(report.summary())
-        self.report = report
 
 
 def read_raw_csv(path: str | os.PathLike[str]) -> pd.DataFrame:

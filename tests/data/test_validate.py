@@ -11,7 +11,6 @@ import pytest
 
 from senti.config import ValidateParams
 from senti.validate import (
-    DataValidationError,
     ValidationReport,
     read_raw_csv,
     validate_frame,
@@ -204,10 +203,9 @@ def test_text_length(small: pd.DataFrame) -> None:
     assert all(e["value"] > 20 for e in _outcome(report, "text_length").examples)
 
 
-def test_error_carries_report(small: pd.DataFrame) -> None:
+def test_failure_summary_names_the_failed_expectation(small: pd.DataFrame) -> None:
     report = validate_frame(small, PARAMS, LABELS)
-    error = DataValidationError(report)
-    assert error.report is report and "row_count" in str(error)
+    assert "Data validation FAILED" in report.summary() and "row_count" in report.summary()
 
 
 def test_read_raw_csv(tmp_path: Path) -> None:
