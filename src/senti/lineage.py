@@ -13,14 +13,15 @@ default remote when the cache lacks them, through :mod:`senti.versioning`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby
+from math import nan
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 from mlflow import MlflowClient
@@ -29,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from senti import tags, versioning
 from senti.config import PARAMS_FILE, Layout
-from senti.io import sha256_file
+from senti.io import sha256_file, write_json
 
 RECORD_SCHEMA = 1
 # senti.prepare.clean's steps in order, each with the count of rows it drops.
@@ -44,8 +45,7 @@ class LineageError(LookupError):
 
 # ---- recorded at registration -------------------------------------------------------------
 
-@dataclass(frozen=True)
-class GitState:
+class GitState(NamedTuple):
     commit: str | None
     dirty: bool | None
 
@@ -107,29 +107,21 @@ def _load(run_id: str, path: str) -> Any:
         return None
 
 
-def _download(run_id: str, path: str, dest: Path) -> Path | None:
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                        dst_path=str(dest)))
-    except (MlflowException, OSError):
-        return None
-
-
-def recorded(version: ModelVersion) -> dict:
-    """The version's training record (see :func:`training_record`)."""
-    record = _load(version.run_id, tags.LINEAGE_RECORD)
-    if record is None:
-        raise LineageError(f"{version.name}/{version.version} has no {tags.LINEAGE_RECORD}: it "
-                           "was registered before lineage records were kept")
-    return record
-
-
 # ---- the chain ----------------------------------------------------------------------------
 
 def _iso(millis: int | None) -> str | None:
-    if not millis:
-        return None
-    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
+    return (datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
+            if millis else None)
+
+
+def _prefixed(mapping: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries whose key starts with ``prefix``, prefix removed, sorted by key."""
+    return {key.removeprefix(prefix): value for key, value in sorted(mapping.items())
+            if key.startswith(prefix)}
+
+
+def _pick(report: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: report.get(key) for key in keys}
 
 
 def _logged(layout: Layout, path: Path) -> str:
@@ -137,45 +129,27 @@ def _logged(layout: Layout, path: Path) -> str:
     return f"{tags.REPORTS_DIR}/{path.relative_to(layout.reports).as_posix()}"
 
 
-def _test_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {"model": {}, "baseline": {}}
-    for key, value in sorted(metrics.items()):
-        for who in out:
-            if key.startswith(f"test.{who}."):
-                out[who][key.removeprefix(f"test.{who}.")] = value
-    return out
-
-
 def rows_after_steps(counts: dict[str, int]) -> list[dict[str, Any]]:
     """Rows left after each cleaning step (from prepare.json's counts), then after sampling."""
-    if "rows_raw" not in counts:
+    if not counts:  # no prepare report
         return []
-    rows = counts["rows_raw"]
-    steps = [{"step": "raw", "rows": rows}]
+    rows, steps = counts["rows_raw"], [{"step": "raw", "rows": counts["rows_raw"]}]
     for step, dropped in CLEANING_STEPS:
-        rows -= counts.get(dropped, 0)
+        rows -= counts[dropped]
         steps.append({"step": step, "rows": rows})
-    if "rows_sampled" in counts:
-        steps.append({"step": "sampled", "rows": counts["rows_sampled"]})
-    return steps
-
-
-def _bool(text: str | None) -> bool | None:
-    return None if text in (None, "None", "unknown") else text == "True"
+    return [*steps, {"step": "sampled", "rows": counts["rows_sampled"]}]
 
 
 def _promotion(version: ModelVersion) -> dict[str, Any]:
     """The latest gate decision (``promote.*`` version tags) and every decision and rollback
     recorded on the version's run (its decisions table), oldest first."""
-    promote = {key.removeprefix(tags.PROMOTE_PREFIX): value for key, value in
-               sorted(version.tags.items()) if key.startswith(tags.PROMOTE_PREFIX)}
-    table = _load(version.run_id, tags.DECISIONS_TABLE) or {}
-    decisions = [dict(zip(table.get("columns", []), row, strict=True))
-                 for row in table.get("data", [])]
+    table = _load(version.run_id, tags.DECISIONS_TABLE) or {"columns": [], "data": []}
+    decisions = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     return {"decision": version.tags.get(tags.DECISION), "reason": version.tags.get(tags.REASON),
             "time": version.tags.get(tags.DECIDED_AT),
             "previous_champion": version.tags.get(tags.PREVIOUS_CHAMPION),
-            "rolled_back": version.tags.get(tags.ROLLED_BACK), "tags": promote,
+            "rolled_back": version.tags.get(tags.ROLLED_BACK),
+            "tags": _prefixed(version.tags, tags.PROMOTE_PREFIX),
             "decisions": sorted(decisions, key=lambda row: str(row.get("time")))}
 
 
@@ -190,11 +164,8 @@ def model_lineage(version: ModelVersion, layout: Layout) -> dict[str, Any]:
             layout.ingest_report, layout.validation_report, layout.prepare_report,
             layout.segment_report, layout.vocab_report, layout.embeddings_report))
     record = _load(version.run_id, tags.LINEAGE_RECORD) or {}
-    dvc = {key.removeprefix(tags.DVC_PREFIX): value for key, value in sorted(run_tags.items())
-           if key.startswith(tags.DVC_PREFIX)}
-    outputs = dict(sorted((key.split(".outs.", 1)[1], value) for key, value in dvc.items()
-                          if ".outs." in key))
-    raw = record.get("raw_data") or {}
+    raw, dvc = record.get("raw_data") or {}, _prefixed(run_tags, tags.DVC_PREFIX)
+    counts = prepare.get("counts", {})
     return {
         "model": {"name": version.name, "version": str(version.version),
                   "aliases": sorted(version.aliases or []),
@@ -203,38 +174,31 @@ def model_lineage(version: ModelVersion, layout: Layout) -> dict[str, Any]:
         "run": {"id": run.info.run_id, "experiment_id": run.info.experiment_id,
                 "status": run.info.status, "start": _iso(run.info.start_time),
                 "end": _iso(run.info.end_time), "artifact_uri": run.info.artifact_uri},
-        "code": {"git_commit": run_tags.get(tags.GIT_COMMIT),
-                 "git_dirty": _bool(run_tags.get(tags.GIT_DIRTY))},
+        "code": {"git_commit": run_tags.get(tags.GIT_COMMIT),  # git.dirty: "True|False|None"
+                 "git_dirty": {"True": True, "False": False}.get(run_tags.get(tags.GIT_DIRTY))},
         "params": dict(sorted(params.items())),
-        "metrics": _test_metrics(run.data.metrics),
-        "data": {
-            "source": params.get("data.source", ingest.get("source")),
-            "source_sha256": ingest.get("source_sha256"),
-            "raw": {"path": raw.get("path"), "md5": raw.get("md5"),
-                    "sha256": ingest.get("raw_sha256")},
-            "outputs": outputs,
-            "dvc_lock": dvc,
-            "rows": prepare.get("counts", {}),
-            "rows_after_step": rows_after_steps(prepare.get("counts", {})),
-            "splits": prepare.get("splits", {}),
-        },
-        "validation": {
-            "success": validation.get("success"), "rows": validation.get("rows"),
-            "outcomes": [{k: o.get(k) for k in ("name", "expectation", "success", "observed")}
-                         for o in validation.get("outcomes", [])],
-            "data_docs": validation.get("data_docs"),
-            "data_docs_artifact": f"{run.info.artifact_uri}/"
-                                  f"{_logged(layout, layout.data_docs / 'index.html')}",
-        },
+        "metrics": {who: _prefixed(run.data.metrics, f"test.{who}.")
+                    for who in ("model", "baseline")},
+        "data": {"source": params.get("data.source", ingest.get("source")),
+                 "source_sha256": ingest.get("source_sha256"),
+                 "raw": {**_pick(raw, "path", "md5"), "sha256": ingest.get("raw_sha256")},
+                 "outputs": dict(sorted((key.split(".outs.", 1)[1], value)
+                                        for key, value in dvc.items() if ".outs." in key)),
+                 "dvc_lock": dvc, "rows": counts, "rows_after_step": rows_after_steps(counts),
+                 "splits": prepare.get("splits", {})},
+        "validation": {**_pick(validation, "success", "rows", "data_docs"),
+                       "outcomes": [_pick(o, "name", "expectation", "success", "observed")
+                                    for o in validation.get("outcomes", [])],
+                       "data_docs_artifact": f"{run.info.artifact_uri}/"
+                                             f"{_logged(layout, layout.data_docs / 'index.html')}"},
         "segmenter": {"jieba_version": run_tags.get(tags.JIEBA_VERSION,
                                                     segment.get("jieba_version")),
                       "user_dict": params.get("segment.user_dict"),
                       "user_dict_sha256": segment.get("user_dict_sha256")},
         "vocab": {"sha256": run_tags.get(tags.VOCAB_SHA256, vocab.get("sha256")),
                   "size": vocab.get("size"), "oov_rate": vocab.get("oov_rate", {})},
-        "embeddings": {key: embeddings.get(key) for key in (
-            "sha256", "pretrained", "corpus_texts", "corpus_tokens", "extra_corpus",
-            "extra_corpus_sha256", "vocab_coverage")},
+        "embeddings": _pick(embeddings, "sha256", "pretrained", "corpus_texts", "corpus_tokens",
+                            "extra_corpus", "extra_corpus_sha256", "vocab_coverage"),
         "prefect": {"flow_run_id": run_tags.get(tags.PREFECT_FLOW_RUN),
                     "deployment": run_tags.get(tags.PREFECT_DEPLOYMENT)},
         "artifacts_sha256": record.get("artifacts_sha256", {}),
@@ -243,55 +207,52 @@ def model_lineage(version: ModelVersion, layout: Layout) -> dict[str, Any]:
 
 
 def render(chain: dict[str, Any]) -> str:
-    """The chain for people, one section per line group, in the order of the JSON document."""
-    m, r, d, v = chain["model"], chain["run"], chain["data"], chain["validation"]
+    """The chain for people, one section per line group, in the order of the JSON document:
+    a section's label in a 12-character column on its first line."""
+    m, d, v, promo = (chain[key] for key in ("model", "data", "validation", "promotion"))
     aliases = ", ".join(f"@{a}" for a in m["aliases"]) or "none"
-    lines = [f"{m['name']} version {m['version']}  (aliases: {aliases}; registered {m['created']})",
-             f"run         {r['id']}  {r['status']}  {r['start']} -> {r['end']}",
-             f"code        git {chain['code']['git_commit']}  dirty: {chain['code']['git_dirty']}",
-             "params      " + "\n            ".join(f"{k} = {val}"
-                                                   for k, val in chain["params"].items())]
-    for who, name in (("model", "BiLSTM+attention"), ("baseline", "TF-IDF baseline")):
-        scores = chain["metrics"][who]
-        lines.append(f"test        {name:<17} accuracy {scores.get('accuracy', float('nan')):.4f}"
-                     f"  macro-F1 {scores.get('macro_f1', float('nan')):.4f}")
     origin = ", ".join(f"{k} sha256 {val}" for k, val in (d["source_sha256"] or {}).items())
-    lines.append(f"data        source {d['source']}  ({origin or 'no ingest report'})")
-    lines.append(f"            raw {d['raw']['path']}  md5 {d['raw']['md5']}")
-    lines += [f"            out {path}  md5 {md5}" for path, md5 in d["outputs"].items()]
-    if d["rows_after_step"]:
-        steps = " -> ".join(f"{s['step']} {s['rows']}" for s in d["rows_after_step"])
-        lines.append(f"            rows {steps}")
-    for split, counts in d["splits"].items():
-        lines.append(f"            split {split}: {counts}")
-    outcomes = v["outcomes"]
-    passed = sum(bool(o["success"]) for o in outcomes)
+    steps = " -> ".join(f"{step['step']} {step['rows']}" for step in d["rows_after_step"])
+    passed = sum(bool(o["success"]) for o in v["outcomes"])
     state = {True: "passed", False: "FAILED", None: "no record"}[v["success"]]
-    lines.append(f"validation  {state}: {passed}/{len(outcomes)} expectations on {v['rows']} rows;"
-                 f" Data Docs {v['data_docs']} ({v['data_docs_artifact']})")
-    lines += [f"            {'ok  ' if o['success'] else 'FAIL'} {o['name']}: {o['observed']}"
-              for o in outcomes]
-    s, voc = chain["segmenter"], chain["vocab"]
-    lines.append(f"segmenter   jieba {s['jieba_version']}, user dict {s['user_dict']} "
-                 f"(sha256 {s['user_dict_sha256']})")
-    lines.append(f"vocabulary  sha256 {voc['sha256']}, size {voc['size']}, "
-                 f"OOV rate {voc['oov_rate']}")
-    e = chain["embeddings"]
-    lines.append(f"embeddings  sha256 {e['sha256']}, pretrained {e['pretrained']} on "
-                 f"{e['corpus_tokens']} tokens (extra corpus {e['extra_corpus']}, sha256 "
-                 f"{e['extra_corpus_sha256']}), vocabulary coverage {e['vocab_coverage']}")
-    p = chain["prefect"]
-    lines.append(f"prefect     flow run {p['flow_run_id']}, deployment {p['deployment'] or '-'}")
-    lines += [f"artifact    {key}  sha256 {digest}"
-              for key, digest in chain["artifacts_sha256"].items()]
-    promo = chain["promotion"]
     history = [f"{row.get('decision')} at {row.get('time')} (champion before: "
                f"{row.get('champion_before')}): {row.get('reason')}" for row in promo["decisions"]]
     if not history and promo["decision"]:  # no decisions table: the latest decision's tags
         history = [f"{promo['decision']} at {promo['time']}: {promo['reason']}"]
-    lines.append("promotion   " + ("\n            ".join(history) or "no decision recorded"))
-    if promo["rolled_back"]:
-        lines.append(f"            rolled back (no longer champion) at {promo['rolled_back']}")
+    sections = [
+        ("run", ["{id}  {status}  {start} -> {end}".format_map(chain["run"])]),
+        ("code", ["git {git_commit}  dirty: {git_dirty}".format_map(chain["code"])]),
+        ("params", [f"{k} = {val}" for k, val in chain["params"].items()]),
+        *(("test", [f"{name:<17} accuracy {chain['metrics'][who].get('accuracy', nan):.4f}"
+                    f"  macro-F1 {chain['metrics'][who].get('macro_f1', nan):.4f}"])
+          for who, name in (("model", "BiLSTM+attention"), ("baseline", "TF-IDF baseline"))),
+        ("data", [f"source {d['source']}  ({origin or 'no ingest report'})",
+                  "raw {path}  md5 {md5}".format_map(d["raw"]),
+                  *(f"out {path}  md5 {md5}" for path, md5 in d["outputs"].items()),
+                  *([f"rows {steps}"] if steps else []),
+                  *(f"split {split}: {counts}" for split, counts in d["splits"].items())]),
+        ("validation", [f"{state}: {passed}/{len(v['outcomes'])} expectations on {v['rows']} "
+                        f"rows; Data Docs {v['data_docs']} ({v['data_docs_artifact']})",
+                        *(f"{'ok  ' if o['success'] else 'FAIL'} {o['name']}: {o['observed']}"
+                          for o in v["outcomes"])]),
+        ("segmenter", ["jieba {jieba_version}, user dict {user_dict} (sha256 {user_dict_sha256})"
+                       .format_map(chain["segmenter"])]),
+        ("vocabulary", ["sha256 {sha256}, size {size}, OOV rate {oov_rate}"
+                        .format_map(chain["vocab"])]),
+        ("embeddings", ["sha256 {sha256}, pretrained {pretrained} on {corpus_tokens} tokens "
+                        "(extra corpus {extra_corpus}, sha256 {extra_corpus_sha256}), "
+                        "vocabulary coverage {vocab_coverage}".format_map(chain["embeddings"])]),
+        ("prefect", [f"flow run {chain['prefect']['flow_run_id']}, "
+                     f"deployment {chain['prefect']['deployment'] or '-'}"]),
+        *(("artifact", [f"{key}  sha256 {digest}"])
+          for key, digest in chain["artifacts_sha256"].items()),
+        ("promotion", [*(history or ["no decision recorded"]), *(
+            [f"rolled back (no longer champion) at {promo['rolled_back']}"]
+            if promo["rolled_back"] else [])]),
+    ]
+    lines = [f"{m['name']} version {m['version']}  (aliases: {aliases}; registered {m['created']})"]
+    for label, body in sections:
+        lines += [f"{'' if i else label:<12}{text}" for i, text in enumerate(body)]
     return "\n".join(lines)
 
 
@@ -300,14 +261,10 @@ def render(chain: dict[str, Any]) -> str:
 def trained_on(md5: str) -> list[dict[str, Any]]:
     """Every registered version (any model) whose run recorded ``md5`` for a DVC dependency or
     output, oldest first, with the ``<stage>.<deps|outs>.<path>`` entries that matched."""
-    client = MlflowClient()
-    wanted = {md5, md5.removesuffix(".dir")}
-    found = []
+    client, wanted, found = MlflowClient(), md5.removesuffix(".dir"), []
     for version in client.search_model_versions(max_results=10_000):
-        run_tags = client.get_run(version.run_id).data.tags
-        matched = sorted(key.removeprefix(tags.DVC_PREFIX) for key, value in run_tags.items()
-                         if key.startswith(tags.DVC_PREFIX)
-                         and value.removesuffix(".dir") in wanted)
+        dvc = _prefixed(client.get_run(version.run_id).data.tags, tags.DVC_PREFIX)
+        matched = [key for key, value in dvc.items() if value.removesuffix(".dir") == wanted]
         if matched:
             found.append({"model": version.name, "version": str(version.version),
                           "aliases": sorted(version.aliases or []), "run_id": version.run_id,
@@ -340,37 +297,30 @@ class Check:
 
 
 def summarize(checks: list[Check]) -> list[str]:
-    """One line per failed check; matching files of a directory output as one line."""
-    lines, seen = [], set()
-    for check in checks:
-        if check.group is None:
-            lines.append(check.describe())
-        elif check.group not in seen:
-            seen.add(check.group)
-            group = [c for c in checks if c.group == check.group]
-            lines += [c.describe() for c in group if not c.ok]
-            matching = sum(c.ok for c in group)
-            lines.append(f"{'ok' if matching == len(group) else 'partly':<9} {check.kind} "
-                         f"{check.group}/ ({matching} of {len(group)} entries match, "
-                         "manifest included)")
+    """One line per check; the checks of a directory output (consecutive, ``group`` its path)
+    as one line, plus one per failed file."""
+    lines = []
+    for group, members in groupby(checks, key=lambda check: check.group):
+        members = list(members)
+        lines += [check.describe() for check in members if group is None or not check.ok]
+        if group is not None:
+            matching = sum(check.ok for check in members)
+            lines.append(f"{'ok' if matching == len(members) else 'partly':<9} "
+                         f"{members[0].kind} {group}/ ({matching} of {len(members)} entries "
+                         "match, manifest included)")
     return lines
 
 
-def _model_artifacts(version: ModelVersion, dest: Path) -> dict[str, Path]:
-    """Download the registered model; its pyfunc artifacts as ``key -> local path``."""
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(dest)))
-    model = mlflow.models.Model.load(str(local))
-    declared = model.flavors.get("python_function", {}).get("artifacts", {})
-    return {key: local / spec["path"] for key, spec in declared.items()}
-
-
 def verify_artifacts(version: ModelVersion, record: dict) -> list[Check]:
-    """sha256 of each artifact of the registered model against the training record; an
+    """sha256 of each pyfunc artifact of the registered model against the training record; an
     artifact the record does not know (or the other way round) is a failure too."""
     expected = record.get("artifacts_sha256", {})
     with tempfile.TemporaryDirectory() as tmp:
-        files = _model_artifacts(version, Path(tmp))
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp))
+        model = mlflow.models.Model.load(str(local))
+        declared = model.flavors.get("python_function", {}).get("artifacts", {})
+        files = {key: local / spec["path"] for key, spec in declared.items()}
         return [Check("artifact", key, expected.get(key),
                       sha256_file(files[key]) if key in files and files[key].is_file()
                       else None)
@@ -386,32 +336,29 @@ def _recomputed(root: Path, oids: list[str]) -> dict[str, str | None]:
 
 def verify_data(root: Path, record: dict) -> list[Check]:
     """The DVC hash of each recorded output, recomputed from the project's cache; a
-    directory output is checked as its manifest and every file the manifest lists."""
-    objects = record.get("dvc_objects", {})
+    directory output is checked as its manifest and, when that matches, every file it lists."""
+    objects = record["dvc_objects"]
     actual = _recomputed(root, list(objects.values()))
+    listed = {path: versioning.dir_entries(root, oid) for path, oid in objects.items()
+              if oid.endswith(".dir") and actual[oid] == oid}
+    found = _recomputed(root, [entry for entries in listed.values() for _, entry in entries])
     checks = []
     for path, oid in objects.items():
-        if not oid.endswith(".dir"):
-            checks.append(Check("data", path, oid, actual[oid]))
-            continue
-        checks.append(Check("data", f"{path}/ (manifest)", oid, actual[oid], group=path))
-        if actual[oid] != oid:
-            continue
-        entries = versioning.dir_entries(root, oid)
-        found = _recomputed(root, [entry for _, entry in entries])
-        checks += [Check("data", f"{path}/{relpath}", entry, found[entry], group=path)
-                   for relpath, entry in entries]
+        group = path if oid.endswith(".dir") else None
+        checks.append(Check("data", f"{path}/ (manifest)" if group else path, oid, actual[oid],
+                            group))
+        checks += [Check("data", f"{path}/{relpath}", entry, found[entry], group)
+                   for relpath, entry in listed.get(path, [])]
     return checks
 
 
 def verify(root: Path, version: ModelVersion) -> tuple[list[Check], int]:
     """Every check of a version (its model artifacts and its training data, fetched first
     from the DVC remote where the cache lacks it) and how many objects were fetched."""
-    try:
-        record = recorded(version)
-    except LineageError:
+    record = _load(version.run_id, tags.LINEAGE_RECORD)
+    if record is None:
         return [Check("record", tags.LINEAGE_RECORD, "present", None)], 0
-    fetched = versioning.fetch(root, record.get("dvc_objects", {}).values())
+    fetched = versioning.fetch(root, record["dvc_objects"].values())
     return verify_artifacts(version, record) + verify_data(root, record), len(fetched)
 
 
@@ -426,10 +373,12 @@ def checkout(root: Path, version: ModelVersion, dest: Path) -> dict[str, Any]:
     copies a CSV source byte for byte), so ``senti retrain --root`` on a checkout of the
     recorded git commit with these files reproduces the same inputs.
     """
-    record = recorded(version)
-    raw = record.get("raw_data") or {}
-    md5 = raw.get("md5")
-    if not md5:
+    record = _load(version.run_id, tags.LINEAGE_RECORD)  # see training_record
+    if record is None:
+        raise LineageError(f"{version.name}/{version.version} has no {tags.LINEAGE_RECORD}: it "
+                           "was registered before lineage records were kept")
+    raw, md5 = record["raw_data"], record["raw_data"]["md5"]
+    if not md5:  # the raw data is not in the DVC cache (``cache: false`` in dvc.yaml)
         raise LineageError(f"{version.name}/{version.version}: no raw data hash recorded")
     versioning.fetch(root, [md5])
     found = versioning.cache_files(root, [md5]).get(md5)
@@ -440,15 +389,6 @@ def checkout(root: Path, version: ModelVersion, dest: Path) -> dict[str, Any]:
     if actual != md5:
         raise LineageError(f"raw data {raw['path']} in {found}: md5 {actual}, "
                            f"recorded {md5} (the cache copy is corrupt)")
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        params_file = _download(version.run_id, record["params_file"], Path(tmp))
-        if params_file is None:
-            raise LineageError(f"{version.name}/{version.version} has no logged params.yaml")
-        shutil.copyfile(params_file, dest / PARAMS_FILE)
-        lock = _download(version.run_id, tags.DVC_LOCK_ARTIFACT, Path(tmp))
-        if lock is not None:
-            shutil.copyfile(lock, dest / versioning.DVC_LOCK)
     run = MlflowClient().get_run(version.run_id)
     written = [raw["path"]]
     source = run.data.params.get("data.source", "")
@@ -457,8 +397,13 @@ def checkout(root: Path, version: ModelVersion, dest: Path) -> dict[str, Any]:
     for relpath in written:
         (dest / relpath).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(found, dest / relpath)  # content only: the copy is writable
-    (dest / tags.LINEAGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n",
-                                            encoding="utf-8")
+    # registration logs params.yaml and dvc.lock before lineage.json: the record implies them
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact, name in ((record["params_file"], PARAMS_FILE),
+                               (tags.DVC_LOCK_ARTIFACT, versioning.DVC_LOCK)):
+            shutil.copyfile(mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=artifact, dst_path=tmp), dest / name)
+    write_json(dest / tags.LINEAGE_RECORD, record)
     return {"version": f"{version.name}/{version.version}", "dir": str(dest),
             "files": dict.fromkeys(written, md5), "params": PARAMS_FILE,
             "git_commit": run.data.tags.get(tags.GIT_COMMIT)}

@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import chdir, contextmanager
+from collections.abc import Iterable
+from contextlib import chdir
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ import yaml
 from senti.io import sha256_bytes
 
 if TYPE_CHECKING:
+    from dvc.repo import Repo
     from dvc_data.hashfile.db import HashFileDB
 
 # DVC's "to track the changes with git, run ..." hint after every stage is noise here.
@@ -30,12 +31,10 @@ DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 
 
-@contextmanager
-def _repo(root: Path | str) -> Iterator:
+def _repo(root: Path | str) -> Repo:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        yield repo
+    return Repo(str(root))  # a context manager: ``with _repo(root) as repo``
 
 
 def stages(root: Path | str) -> list[str]:
@@ -44,41 +43,34 @@ def stages(root: Path | str) -> list[str]:
     return list(tree.get("stages", {}))
 
 
-@contextmanager
-def _stage_environment(root: Path | str) -> Iterator[None]:
-    """DVC resolves stage paths from the working directory, and stage commands
-    (``python -m senti.stages...``) must run with this interpreter's environment."""
-    saved = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved}"
-    try:
-        with chdir(root):
-            yield
-    finally:
-        os.environ["PATH"] = saved
-
-
 class StageError(RuntimeError):
     """A stage's command failed (its own output says why)."""
 
 
 def reproduce(root: Path | str, stage: str) -> bool:
     """``dvc repro --single-item <stage>``: True if it ran, False if DVC skipped it as
-    unchanged; :class:`StageError` if its command failed."""
+    unchanged; :class:`StageError` if its command failed.
+
+    DVC resolves stage paths from the working directory, and stage commands
+    (``python -m senti.stages...``) must run with this interpreter's environment."""
     from dvc.exceptions import ReproductionError
 
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved}"
     try:
-        with _stage_environment(root), _repo(root) as repo:
+        with chdir(root), _repo(root) as repo:
             return bool(repo.reproduce(stage, single_item=True))
     except ReproductionError as exc:
         raise StageError(f"stage {stage!r} failed") from exc
+    finally:
+        os.environ["PATH"] = saved
 
 
 def read_lock(root: Path | str) -> dict:
     """The ``stages`` mapping of dvc.lock (empty if the pipeline never ran)."""
     lock = Path(root) / DVC_LOCK
-    if not lock.exists():
-        return {}
-    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    text = lock.read_text(encoding="utf-8") if lock.exists() else ""
+    return (yaml.safe_load(text) or {}).get("stages", {})
 
 
 def _hash_of(entry: dict) -> str:
@@ -204,15 +196,14 @@ def fetch(root: Path | str, oids: Iterable[str]) -> list[str]:
     with _repo(root) as repo:
         if not repo.config["core"].get("remote"):
             return []
-        cache, tried, fetched = repo.cache.local, set(), []
-        for _ in range(2):  # the objects, then the files of manifests fetched in round one
-            listed = [entry for oid in wanted if oid.endswith(".dir")
-                      for _, entry in _entries(cache, oid)]
-            missing = [oid for oid in dict.fromkeys([*wanted, *listed])
-                       if oid not in tried and not cache.exists(oid)]
+        cache = repo.cache.local
+
+        def pull(ids: Iterable[str]) -> list[str]:
+            missing = [HashInfo("md5", oid) for oid in dict.fromkeys(ids) if not cache.exists(oid)]
             if not missing:
-                break
-            tried.update(missing)
-            result = repo.cloud.pull([HashInfo("md5", oid) for oid in missing])
-            fetched += sorted(info.value for info in result.transferred)
-        return fetched
+                return []
+            return sorted(info.value for info in repo.cloud.pull(missing).transferred)
+
+        # the objects, then the files listed by the directory manifests among them
+        return pull(wanted) + pull(entry for oid in wanted if oid.endswith(".dir")
+                                   for _, entry in _entries(cache, oid))
