@@ -1,5 +1,6 @@
 """End to end: the real `retrain` flow over a real DVC repo, MLflow SQLite store, GX, jieba
-and TensorFlow, on a small sample of the bundled corpus with a tiny model."""
+and TensorFlow, on a small sample of the bundled corpus with a tiny model (the session's
+shared trained project)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,17 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.retrain import StageFailed, retrain
-from senti import lineage, registry
-from senti.config import Layout
+from senti import registry, tags, versioning
+from senti.config import load_context
 from senti.io import sha256_file
-from tests.conftest import make_project
+from tests.conftest import copy_project
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
-    root = make_project(tmp_path_factory.mktemp("project"))
-    return root, retrain(root=str(root))
+@pytest.fixture
+def trained(trained_project) -> tuple[Path, dict]:
+    return trained_project
 
 
 def test_first_run_runs_every_stage_and_registers(trained):
@@ -32,15 +32,12 @@ def test_first_run_runs_every_stage_and_registers(trained):
     for who in ("model", "baseline"):
         assert 0.5 < result["metrics"][who]["accuracy"] <= 1.0
         assert 0.0 < result["metrics"][who]["macro_f1"] <= 1.0
-    lock = (root / "dvc.lock").read_text()
-    for stage in ("ingest", "validate", "prepare", "segment", "vocab", "embeddings", "train",
-                  "evaluate"):
-        assert f"  {stage}:" in lock
+    assert list(versioning.read_lock(root)) == versioning.stages(root)
 
 
 def test_run_is_tracked_with_lineage(trained):
     root, result = trained
-    layout = Layout(root)
+    _, layout = load_context(root)
     registry.configure(layout, "senti")
     client = MlflowClient()
     version = client.get_model_version("senti-sentiment", result["version"])
@@ -49,26 +46,29 @@ def test_run_is_tracked_with_lineage(trained):
     assert "test.model.accuracy" in run.data.metrics
     assert "test.baseline.macro_f1" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "train.loss")) == 2
-    tags = run.data.tags
-    assert len(tags["git.commit"]) == 40
-    assert tags["vocab.sha256"] == sha256_file(layout.vocab)
-    assert tags["jieba.version"] == "0.42.1"
-    lock = lineage.read_lock(layout.dvc_lock)
-    assert tags["dvc.ingest.outs.data/raw/corpus.csv"] == lock["ingest"]["outs"][0]["md5"]
-    assert "dvc.train.outs.models/bilstm" in tags
-    assert tags["prefect.flow_run_id"] != "none"
-    assert tags["prefect.deployment"] == "none"  # run directly, not through a deployment
+    run_tags = run.data.tags
+    assert len(run_tags[tags.GIT_COMMIT]) == 40
+    assert run_tags[tags.VOCAB_SHA256] == sha256_file(layout.vocab)
+    assert run_tags[tags.JIEBA_VERSION] == "0.42.1"
+    lock = versioning.read_lock(root)
+    assert run_tags["dvc.ingest.outs.data/raw/corpus.csv"] == lock["ingest"]["outs"][0]["md5"]
+    assert "dvc.train.outs.models/bilstm" in run_tags
+    assert run_tags[tags.PREFECT_FLOW_RUN] != tags.NONE
+    assert run_tags[tags.PREFECT_DEPLOYMENT] == tags.NONE  # run directly, not by a deployment
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name == "train" and inputs[0].dataset.digest
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, tags.REPORTS_DIR)}
+    # the reports directory, logged whole: every report of every stage, Data Docs included
+    assert {f"reports/{p.name}" for p in layout.reports.iterdir()} == reports
     assert {"reports/confusion_matrix.png", "reports/evaluation.md",
-            "reports/dvc.lock"} <= artifacts
-    assert client.list_artifacts(run.info.run_id, "data_docs")
+            "reports/data_docs"} <= reports
+    lineage_files = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
+    assert {tags.PARAMS_ARTIFACT, tags.DVC_LOCK_ARTIFACT} <= lineage_files
 
 
 def test_registered_pyfunc_predicts_raw_text(trained):
     root, result = trained
-    registry.configure(Layout(root), "senti")
+    registry.configure(load_context(root)[1], "senti")
     model = mlflow.pyfunc.load_model(result["model_uri"])
     out = model.predict(pd.DataFrame({"text": ["质量很好，物流也快", "太差了，再也不买了"]}))
     assert list(out.columns) == ["label", "probability", "prob_negative", "prob_positive"]
@@ -86,9 +86,9 @@ def test_unchanged_rerun_skips_everything_and_registers_nothing(trained):
     assert not again["registered"] and again["version"] == "1"
 
 
-def test_invalid_data_stops_flow_and_keeps_outputs(trained):
-    root, _ = trained
-    layout = Layout(root)
+def test_invalid_data_stops_flow_and_keeps_outputs(trained, tmp_path):
+    root = copy_project(trained[0], tmp_path / "project")
+    _, layout = load_context(root)
     before = {p: sha256_file(p) for p in (layout.tokens, layout.vocab, layout.model_file,
                                           layout.metrics)}
     bad = root / "bad.csv"
