@@ -9,7 +9,6 @@ metrics, @champion) and post it as a Prefect markdown artifact.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -21,6 +20,8 @@ from senti import promote as gate
 from senti import registry, tags
 from senti.config import load_context
 
+ARTIFACT_KEY = "promotion-decision"
+
 
 def _model_name(root: str) -> str:
     """Point MLflow at the project's store; the registered model's name."""
@@ -29,17 +30,8 @@ def _model_name(root: str) -> str:
     return params.registry.model_name
 
 
-@task(name="evaluate-gate", cache_policy=NONE)
-def evaluate(root: str, version: str | None) -> gate.GateDecision:
-    """Re-evaluate the challenger and the champion on the current test split; decide."""
-    params, layout = load_context(root)
-    return registry.evaluate_gate(layout, params, version)
-
-
-@task(name="record-decision", cache_policy=NONE)
-def record(root: str, decision: gate.GateDecision, flow_run_id: str | None) -> None:
-    """Tags, run table and metrics; moves @champion when promoted."""
-    registry.record_decision(_model_name(root), decision, flow_run_id)
+evaluate = task(registry.evaluate_gate, name="evaluate-gate", cache_policy=NONE)
+record = task(registry.record_decision, name="record-decision", cache_policy=NONE)
 
 
 @flow(name="promote", log_prints=True)
@@ -51,13 +43,13 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
     """
     if force and not (reason and reason.strip()):
         raise gate.PromotionError("--force needs --reason: say why the gate is overridden")
-    root = str(Path(root).resolve())
-    decision = evaluate(root, version)
+    params, layout = load_context(root)
+    decision = evaluate(layout, params, version)
     if force:
         decision = gate.force(decision, reason or "")
-    record(root, decision, flow_run.get_id())
-    name = _model_name(root)
-    create_markdown_artifact(gate.decision_markdown(decision, name), key="promotion-decision",
+    name = params.registry.model_name
+    record(name, decision, flow_run.get_id())
+    create_markdown_artifact(gate.decision_markdown(decision, name), key=ARTIFACT_KEY,
                              description=f"{name} v{decision.challenger}: {decision.decision}")
     get_run_logger().info("v%s %s: %s", decision.challenger, decision.decision, decision.reason)
     return decision.to_dict()
@@ -66,9 +58,9 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
 @flow(name="rollback", log_prints=True)
 def rollback(root: str = ".", reason: str = "manual rollback") -> dict[str, Any]:
     """Make the champion the current one replaced the champion again."""
-    name = _model_name(str(Path(root).resolve()))
+    name = _model_name(root)
     restored = registry.rollback(name, reason, flow_run.get_id())
-    create_markdown_artifact(gate.rollback_markdown(restored, name), key="promotion-decision",
+    create_markdown_artifact(gate.rollback_markdown(restored, name), key=ARTIFACT_KEY,
                              description=f"{name} rollback to v{restored.to_version}")
     return asdict(restored)
 
@@ -79,8 +71,7 @@ def gate_new_version(root: str, version: str) -> dict[str, Any]:
     a gate that cannot run (e.g. a new label set) leaves the champion and says why."""
     if registry.alias_version(_model_name(root), tags.CHAMPION) == version:
         return {"challenger": version, "champion": version, "promoted": False,
-                "decision": "unchanged",
-                "reason": f"version {version} is already the champion"}
+                "decision": "unchanged", "reason": f"version {version} is already the champion"}
     try:
         return promote(root=root, version=version)
     except gate.PromotionError as exc:

@@ -48,6 +48,13 @@ from senti.io import read_json
 # ``prob_<label>`` columns out (a pyfunc model's, or :meth:`senti.serve.Predictor.predict`)
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
 CHAMPION_DECISIONS = ("promoted", "forced", "rollback")  # the decisions that make a champion
+# the decisions table's score columns: GateDecision.scores with "_" for "." (None in a
+# rollback's row)
+SCORE_COLUMNS = ("challenger_macro_f1", "champion_macro_f1", "mcnemar_p_value",
+                 "behaviour_pass_rate")
+# the decisions-table columns that a version's ``promote.*`` tags repeat for its latest decision
+TAGGED_COLUMNS = {"decision": tags.DECISION, "reason": tags.REASON, "time": tags.DECIDED_AT,
+                  "flow_run_id": tags.DECISION_FLOW_RUN, "champion_before": tags.CHAMPION_VERSION}
 
 
 class PromotionError(RuntimeError):
@@ -73,7 +80,7 @@ class ModelScore:
 
 @dataclass(frozen=True)
 class Condition:
-    name: str  # validation | macro_f1 | mcnemar | baseline | behaviour
+    name: str  # validation | champion | macro_f1 | mcnemar | baseline | behaviour
     passed: bool
     detail: str
 
@@ -100,20 +107,20 @@ class GateDecision:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able summary (behaviour as pass rates, not per case)."""
-        out = asdict(self)
-        out["behaviour"] = {"pass_rate": self.behaviour.pass_rate,
-                            "by_check": self.behaviour.by_check}
-        out["reason"] = self.reason
-        return out
+        return {**asdict(self), "reason": self.reason, "behaviour": {
+            "pass_rate": self.behaviour.pass_rate, "by_check": self.behaviour.by_check}}
+
+    def scores(self) -> dict[str, float | None]:
+        """Its numbers as the ``promote.*`` tags name them (None: not measured)."""
+        champion = self.champion_metrics or {}
+        return {**{f"challenger.{key}": value for key, value in self.challenger_metrics.items()},
+                **{f"champion.{key}": champion.get(key) for key in self.challenger_metrics},
+                "mcnemar_p_value": self.p_value, "behaviour_pass_rate": self.behaviour.pass_rate}
 
     def table_row(self, flow_run_id: str | None) -> dict[str, Any]:
         """This decision's row in the challenger run's decisions table."""
-        return _table_row(self.time, self.decision, self.challenger, self.champion,
-                          self.reason, flow_run_id, {
-                              "challenger_macro_f1": self.challenger_metrics["macro_f1"],
-                              "champion_macro_f1": (self.champion_metrics or {}).get("macro_f1"),
-                              "mcnemar_p_value": self.p_value,
-                              "behaviour_pass_rate": self.behaviour.pass_rate})
+        return _table_row(self, self.decision, self.challenger, self.champion, flow_run_id,
+                          **{key.replace(".", "_"): value for key, value in self.scores().items()})
 
 
 @dataclass(frozen=True)
@@ -125,16 +132,14 @@ class Rollback:
 
     def table_row(self, flow_run_id: str | None) -> dict[str, Any]:
         """This rollback's row in the restored version's run's decisions table."""
-        return _table_row(self.time, "rollback", self.to_version, self.from_version,
-                          self.reason, flow_run_id, {})
+        return _table_row(self, "rollback", self.to_version, self.from_version, flow_run_id)
 
 
-def _table_row(time: str, decision: str, version: str, champion: str | None, reason: str,
-               flow_run_id: str | None, scores: dict[str, float | None]) -> dict[str, Any]:
-    return {"time": time, "decision": decision, "version": version,
-            "champion_before": champion or tags.NONE, "reason": reason,
-            **{key: scores.get(key) for key in ("challenger_macro_f1", "champion_macro_f1",
-                                                "mcnemar_p_value", "behaviour_pass_rate")},
+def _table_row(record: GateDecision | Rollback, decision: str, version: str,
+               champion: str | None, flow_run_id: str | None, **scores: float | None) -> dict:
+    return {"time": record.time, "decision": decision, "version": version,
+            "champion_before": champion or tags.NONE, "reason": record.reason,
+            **{column: scores.get(column) for column in SCORE_COLUMNS},
             "flow_run_id": flow_run_id or tags.NONE}
 
 
@@ -145,8 +150,7 @@ def score_predictions(version: str, predictions: pd.DataFrame, y_true: Sequence[
     if missing:
         raise PromotionError(f"version {version} has no output for label(s) {missing}: "
                              "it was trained on another label set")
-    index = {label: i for i, label in enumerate(labels)}
-    y = np.array([index[label] for label in y_true], dtype=int)
+    y = np.array([labels.index(label) for label in y_true], dtype=int)
     proba = predictions[[f"prob_{label}" for label in labels]].to_numpy(dtype=float)
     metrics = classification_metrics(y, proba, labels)
     return ModelScore(version, metrics["accuracy"], metrics["macro_f1"], proba.argmax(1) == y)
@@ -163,35 +167,30 @@ def decide(challenger: ModelScore, champion: ModelScore | None, *, params: Promo
     conditions = [Condition("validation", validation_passed,
                             "training data passed validation" if validation_passed else
                             "training data did not pass validation (or has no record of it)")]
-    p_value = None
-    if champion is not None:
-        needed = champion.macro_f1 + params.min_delta
-        conditions.append(Condition(
-            "macro_f1", challenger.macro_f1 >= needed,
-            f"macro-F1 {challenger.macro_f1:.4f} vs champion v{champion.version} "
-            f"{champion.macro_f1:.4f} (needs >= {needed:.4f})"))
-        test = mcnemar_test(champion.correct, challenger.correct)
-        p_value = test["p_value"]
-        worse = test["b10"] > test["b01"] and p_value < params.alpha
-        conditions.append(Condition(
-            "mcnemar", not worse,
-            f"McNemar p={p_value:.4g} (alpha {params.alpha}): challenger right where champion "
-            f"wrong on {test['b01']}, wrong where champion right on {test['b10']}"
-            + (" (significantly worse)" if worse else "")))
-    else:
+    test: dict[str, Any] = {}  # McNemar's, with a champion
+    if champion is None:
         conditions.append(Condition("champion", True, "no champion yet"))
-    model_f1 = run_metrics.get("test.model.macro_f1")
-    baseline_f1 = run_metrics.get("test.baseline.macro_f1")
-    if not params.require_beat_baseline:
-        conditions.append(Condition("baseline", True,
-                                    "baseline not required (promote.require_beat_baseline)"))
-    elif model_f1 is None or baseline_f1 is None:
-        conditions.append(Condition("baseline", False, "its run has no test macro-F1 metrics "
-                                    "for the model and baseline"))
     else:
-        conditions.append(Condition(
-            "baseline", model_f1 > baseline_f1,
-            f"run macro-F1 {model_f1:.4f} vs its baseline {baseline_f1:.4f}"))
+        needed = champion.macro_f1 + params.min_delta
+        test = mcnemar_test(champion.correct, challenger.correct)
+        worse = test["b10"] > test["b01"] and test["p_value"] < params.alpha
+        conditions += [
+            Condition("macro_f1", challenger.macro_f1 >= needed,
+                      f"macro-F1 {challenger.macro_f1:.4f} vs champion v{champion.version} "
+                      f"{champion.macro_f1:.4f} (needs >= {needed:.4f})"),
+            Condition("mcnemar", not worse,
+                      f"McNemar p={test['p_value']:.4g} (alpha {params.alpha}): challenger "
+                      f"right where champion wrong on {test['b01']}, wrong where champion right "
+                      f"on {test['b10']}" + (" (significantly worse)" if worse else ""))]
+    required = params.require_beat_baseline
+    model_f1, baseline_f1 = (run_metrics.get(f"test.{who}.macro_f1")
+                             for who in ("model", "baseline"))
+    measured = model_f1 is not None and baseline_f1 is not None
+    conditions.append(Condition(
+        "baseline", not required or (measured and model_f1 > baseline_f1),
+        "baseline not required (promote.require_beat_baseline)" if not required else
+        f"run macro-F1 {model_f1:.4f} vs its baseline {baseline_f1:.4f}" if measured else
+        "its run has no test macro-F1 metrics for the model and baseline"))
     rate, floor = behaviour.pass_rate, params.min_behaviour_pass_rate
     conditions.append(Condition(
         "behaviour", rate is None or rate >= floor,
@@ -204,7 +203,7 @@ def decide(challenger: ModelScore, champion: ModelScore | None, *, params: Promo
         reasons=[c.detail for c in (failed or conditions)], conditions=conditions,
         challenger_metrics=challenger.metrics(),
         champion_metrics=None if champion is None else champion.metrics(),
-        p_value=p_value, behaviour=behaviour, time=now or now_utc())
+        p_value=test.get("p_value"), behaviour=behaviour, time=now or now_utc())
 
 
 def force(decision: GateDecision, reason: str) -> GateDecision:
@@ -218,55 +217,38 @@ def force(decision: GateDecision, reason: str) -> GateDecision:
                             *(f"overrode: {r}" for r in decision.reasons)])
 
 
-def load_test_split(layout: Layout) -> tuple[list[str], list[str]]:
-    """Raw texts and labels of the current test split."""
-    tokens = pd.read_parquet(layout.tokens, columns=["text", "label", "split"])
-    test = tokens[tokens["split"] == "test"]
-    if test.empty:
-        raise PromotionError(f"{layout.tokens} has no test rows: run senti retrain first")
-    return test["text"].tolist(), test["label"].astype(str).tolist()
-
-
 def judge(layout: Layout, params: PromoteParams, challenger: tuple[str, Predict],
           champion: tuple[str, Predict] | None, *, validation_passed: bool,
           run_metrics: dict[str, float]) -> GateDecision:
     """Score the challenger and the champion (``(version, predict)`` pairs) on the current
     test split, run the behavioural suite on the challenger, and :func:`decide`."""
-    texts, y_true = load_test_split(layout)
+    tokens = pd.read_parquet(layout.tokens, columns=["text", "label", "split"])
+    test = tokens[tokens["split"] == "test"]
+    if test.empty:
+        raise PromotionError(f"{layout.tokens} has no test rows: run senti retrain first")
+    texts, y_true = test["text"].tolist(), test["label"].astype(str).tolist()
     labels = read_json(layout.labels)
-    frame = pd.DataFrame({"text": texts})
-    version, predict = challenger
+
+    def score(version: str, predict: Predict) -> ModelScore:
+        return score_predictions(version, predict(pd.DataFrame({"text": texts})), y_true, labels)
+
     behaviour = run_suite(
-        load_cases(), lambda t: predict(pd.DataFrame({"text": t}))["label"].tolist(), labels)
-    return decide(
-        score_predictions(version, predict(frame), y_true, labels),
-        None if champion is None else score_predictions(champion[0], champion[1](frame),
-                                                        y_true, labels),
-        params=params, validation_passed=validation_passed, run_metrics=run_metrics,
-        behaviour=behaviour)
+        load_cases(), lambda t: challenger[1](pd.DataFrame({"text": t}))["label"].tolist(), labels)
+    return decide(score(*challenger), None if champion is None else score(*champion),
+                  params=params, validation_passed=validation_passed, run_metrics=run_metrics,
+                  behaviour=behaviour)
 
 
 # ---- what is recorded ------------------------------------------------------------------
 
-def _fmt(value: float | None) -> str:
-    return tags.NONE if value is None else f"{value:.6g}"
-
-
 def decision_tags(decision: GateDecision, flow_run_id: str | None) -> dict[str, str]:
     """The ``promote.*`` version tags recording a decision; a promotion also records the
     champion it replaces (:data:`senti.tags.PREVIOUS_CHAMPION`)."""
-    champion = decision.champion_metrics or {}
-    recorded = {f"{tags.PROMOTE_PREFIX}{key}": value for key, value in {
-        "challenger.macro_f1": _fmt(decision.challenger_metrics["macro_f1"]),
-        "challenger.accuracy": _fmt(decision.challenger_metrics["accuracy"]),
-        "champion.macro_f1": _fmt(champion.get("macro_f1")),
-        "champion.accuracy": _fmt(champion.get("accuracy")),
-        "mcnemar_p_value": _fmt(decision.p_value),
-        "behaviour_pass_rate": _fmt(decision.behaviour.pass_rate),
-        "conditions": json.dumps({c.name: c.passed for c in decision.conditions}),
-    }.items()}
-    recorded.update(_common_tags(decision.decision, decision.reason, decision.time,
-                                 flow_run_id, decision.champion))
+    recorded = {tags.PROMOTE_PREFIX + key: tags.NONE if value is None else f"{value:.6g}"
+                for key, value in decision.scores().items()}  # 6 significant digits
+    recorded[tags.PROMOTE_PREFIX + "conditions"] = json.dumps(
+        {c.name: c.passed for c in decision.conditions})
+    recorded.update(_latest_tags(decision.table_row(flow_run_id)))
     if decision.promoted:
         recorded[tags.PREVIOUS_CHAMPION] = decision.champion or tags.NONE
     return recorded
@@ -274,30 +256,23 @@ def decision_tags(decision: GateDecision, flow_run_id: str | None) -> dict[str, 
 
 def rollback_tags(record: Rollback, flow_run_id: str | None) -> dict[str, str]:
     """The ``promote.*`` tags of the restored version (its ``previous_champion`` stays)."""
-    return _common_tags("rollback", record.reason, record.time, flow_run_id,
-                        record.from_version)
+    return _latest_tags(record.table_row(flow_run_id))
 
 
-def _common_tags(decision: str, reason: str, time: str, flow_run_id: str | None,
-                 champion: str | None) -> dict[str, str]:
-    return {tags.DECISION: decision, tags.REASON: reason, tags.DECIDED_AT: time,
-            tags.DECISION_FLOW_RUN: flow_run_id or tags.NONE,
-            tags.CHAMPION_VERSION: champion or tags.NONE}
+def _latest_tags(row: dict[str, Any]) -> dict[str, str]:
+    return {tag: row[column] for column, tag in TAGGED_COLUMNS.items()}
 
 
 def decision_metrics(decision: GateDecision) -> dict[str, float]:
     """The ``gate.*`` and ``behaviour.*`` metrics logged on the challenger's run."""
-    values = {"gate.promoted": float(decision.promoted),
-              "gate.challenger.macro_f1": decision.challenger_metrics["macro_f1"]}
-    if decision.champion_metrics:
-        values["gate.champion.macro_f1"] = decision.champion_metrics["macro_f1"]
-    if decision.p_value is not None:
-        values["gate.mcnemar_p_value"] = decision.p_value
-    if decision.behaviour.pass_rate is not None:
-        values["behaviour.pass_rate"] = decision.behaviour.pass_rate
-    values.update({f"behaviour.{check}.pass_rate": rate
-                   for check, rate in decision.behaviour.by_check.items()})
-    return {key: float(value) for key, value in values.items()}
+    values = {"gate.promoted": decision.promoted,
+              "gate.challenger.macro_f1": decision.challenger_metrics["macro_f1"],
+              "gate.champion.macro_f1": (decision.champion_metrics or {}).get("macro_f1"),
+              "gate.mcnemar_p_value": decision.p_value,
+              "behaviour.pass_rate": decision.behaviour.pass_rate,
+              **{f"behaviour.{check}.pass_rate": rate
+                 for check, rate in decision.behaviour.by_check.items()}}
+    return {key: float(value) for key, value in values.items() if value is not None}
 
 
 def rollback_target(model_name: str, champion: str | None,
@@ -329,26 +304,19 @@ def decision_markdown(decision: GateDecision, model_name: str) -> str:
     """A Markdown report of a decision (for a Prefect artifact or a terminal)."""
     verdict = {"promoted": "promoted to @champion", "forced": "promoted to @champion (FORCED)",
                "rejected": "rejected: @champion unchanged"}[decision.decision]
-    champion = decision.champion_metrics or {}
+    scores = ", ".join(f"{key} {value:.4g}" for key, value in decision.scores().items()
+                       if value is not None)
+    checks = ", ".join(f"{check} {rate:.3f}" for check, rate in decision.behaviour.by_check.items())
     lines = [f"# Promotion gate: {model_name} v{decision.challenger} {verdict}", "",
              f"Champion before: {('v' + decision.champion) if decision.champion else 'none'}; "
-             f"decided {decision.time}.", "", "| condition | passed | detail |", "|---|---|---|"]
-    lines += [f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |"
-              for c in decision.conditions]
-    lines += ["", "| | challenger | champion |", "|---|---:|---:|"]
-    for key in ("accuracy", "macro_f1"):
-        other = champion.get(key)
-        lines.append(f"| {key} | {decision.challenger_metrics[key]:.4f} | "
-                     f"{'—' if other is None else f'{other:.4f}'} |")
-    if decision.behaviour.by_check:
-        lines += ["", "| behavioural check | pass rate |", "|---|---:|"]
-        lines += [f"| {check} | {rate:.3f} |"
-                  for check, rate in decision.behaviour.by_check.items()]
-    lines += ["", "Reason: " + decision.reason]
+             f"decided {decision.time}.", "", "| condition | passed | detail |", "|---|---|---|",
+             *(f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |"
+               for c in decision.conditions),
+             "", f"Scores: {scores}.", "", f"Behavioural checks passed, by check: "
+             f"{checks or 'none applicable'}.", "", f"Reason: {decision.reason}"]
     return "\n".join(lines) + "\n"
 
 
 def rollback_markdown(record: Rollback, model_name: str) -> str:
     return (f"# Rollback: {model_name} @champion v{record.from_version} -> "
             f"v{record.to_version}\n\nAt {record.time}. Reason: {record.reason}\n")
-

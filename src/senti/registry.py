@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -25,7 +24,6 @@ from pathlib import Path, PurePosixPath
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -74,16 +72,14 @@ def configure(layout: Layout, experiment: str) -> str:
     With the embedded store, artifacts go to ``mlartifacts/`` in the project rather than a
     path relative to whatever directory the command ran from.
     """
+    embedded = f"sqlite:///{layout.mlflow_db}"
+    _EMBEDDED_URIS.add(embedded)
     uri = tracking_uri(layout)
-    embedded = uri == f"sqlite:///{layout.mlflow_db}"
-    if embedded:
-        _EMBEDDED_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
+    if (found := mlflow.get_experiment_by_name(experiment)) is not None:
         return found.experiment_id
-    location = layout.mlflow_artifacts.as_uri() if embedded else None
+    location = layout.mlflow_artifacts.as_uri() if uri == embedded else None
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
@@ -91,68 +87,31 @@ def configure(layout: Layout, experiment: str) -> str:
 
 def find_version(model_name: str, fingerprint: str) -> ModelVersion | None:
     """The registered version trained on exactly these inputs, if any."""
-    client = MlflowClient()
-    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
-        return None
-    for version in client.search_model_versions(f"name = '{model_name}'"):
-        if version.tags.get(tags.FINGERPRINT) == fingerprint:
-            return version
-    return None
+    return next((version for version in MlflowClient().search_model_versions(
+        f"name = '{model_name}'") if version.tags.get(tags.FINGERPRINT) == fingerprint), None)
 
 
-def _requirements() -> list[str]:
-    """``dist==version`` for each of :data:`RUNTIME_REQUIREMENTS` installed here."""
-    pins = []
-    for dist in RUNTIME_REQUIREMENTS:
-        try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return pins
-
-
-def _log_history(history_csv: Path) -> None:
-    history = pd.read_csv(history_csv)
-    for row in history.to_dict("records"):
-        step = int(row.pop("epoch"))
-        mlflow.log_metrics({f"train.{k}": float(v) for k, v in row.items()}, step=step)
-
-
-def _log_test_metrics(metrics: dict) -> None:
-    for who in ("model", "baseline"):
-        flat = {f"test.{who}.{k}": v for k, v in metrics[who].items()
-                if isinstance(v, int | float)}
-        for label, scores in metrics[who].get("per_class", {}).items():
-            flat.update({f"test.{who}.{label}.{k}": v for k, v in scores.items()})
-        mlflow.log_metrics(flat)
-
-
-def _log_model(layout: Layout, params: Params, registered_name: str):
-    """Log and register the pyfunc model from code; return its ModelInfo and the sha256 of
+def _log_model(layout: Layout, params: Params):
+    """Log the pyfunc model from code; return its ModelInfo and the sha256 of
     each of its artifacts (by artifact key), hashed from the files that were logged."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "serving_config.json"
         config.write_text(json.dumps({"maxlen": params.model.maxlen}), encoding="utf-8")
-        artifacts = {"model": str(layout.model_file), "vocab": str(layout.vocab),
-                     "labels": str(layout.labels), "serving_config": str(config)}
+        artifacts = {"model": layout.model_file, "vocab": layout.vocab, "labels": layout.labels,
+                     "serving_config": config}
         if params.segment.user_dict:
-            artifacts["user_dict"] = str(layout.root / params.segment.user_dict)
+            artifacts["user_dict"] = layout.root / params.segment.user_dict
         labels = read_json(layout.labels)
         example = pd.DataFrame({"text": INPUT_EXAMPLE})
-        output = pd.DataFrame({"label": labels[:2], "probability": [0.9, 0.8]})
-        for label in labels:
-            output[f"prob_{label}"] = 0.5
+        output = pd.DataFrame({"label": labels[:2], "probability": [0.9, 0.8],
+                               **{f"prob_{label}": 0.5 for label in labels}})
         info = mlflow.pyfunc.log_model(
             name=tags.MODEL_NAME, python_model=str(PYFUNC_MODEL), code_paths=[str(PACKAGE_DIR)],
-            artifacts=artifacts, signature=infer_signature(example, output),
-            input_example=example, registered_model_name=registered_name,
-            pip_requirements=_requirements())
+            artifacts={key: str(path) for key, path in artifacts.items()},
+            signature=infer_signature(example, output), input_example=example,
+            pip_requirements=[f"{dist}=={metadata.version(dist)}"
+                              for dist in RUNTIME_REQUIREMENTS])
         return info, {key: sha256_file(path) for key, path in artifacts.items()}
-
-
-def _log_file(path: Path, artifact: str) -> None:
-    """Log ``path`` as the run artifact ``artifact`` (same file name, in its folder)."""
-    mlflow.log_artifact(str(path), str(PurePosixPath(artifact).parent))
 
 
 def log_retrain(layout: Layout, params: Params, run_tags: dict[str, str],
@@ -165,31 +124,34 @@ def log_retrain(layout: Layout, params: Params, run_tags: dict[str, str],
     with mlflow.start_run(experiment_id=experiment_id, run_name="retrain") as run:
         mlflow.log_params(params.flat())
         mlflow.set_tags(run_tags)
-        _log_history(layout.train_history)
-        _log_test_metrics(read_json(layout.metrics))
+        for row in pd.read_csv(layout.train_history).to_dict("records"):
+            step = int(row.pop("epoch"))
+            mlflow.log_metrics({f"train.{k}": float(v) for k, v in row.items()}, step=step)
+        for who, scores in read_json(layout.metrics).items():  # model, baseline
+            per_class = {f"{label}.{k}": v for label, by_stat in scores.get("per_class", {}).items()
+                         for k, v in by_stat.items()}
+            mlflow.log_metrics({f"test.{who}.{k}": v for k, v in {**scores, **per_class}.items()
+                                if isinstance(v, int | float)})
         tokens = pd.read_parquet(layout.tokens, columns=["text", "label", "split"])
         train_rows = tokens[tokens["split"] == "train"].drop(columns="split")
-        dataset = mlflow.data.from_pandas(train_rows, source=str(layout.dataset),
-                                          targets="label", name="train")
-        mlflow.log_input(dataset, context="training")
+        mlflow.log_input(mlflow.data.from_pandas(train_rows, source=str(layout.dataset),
+                                                 targets="label", name="train"),
+                         context="training")
         mlflow.log_artifacts(str(layout.reports), tags.REPORTS_DIR)  # data docs included
-        _log_file(layout.root / PARAMS_FILE, tags.PARAMS_ARTIFACT)
-        _log_file(layout.dvc_lock, tags.DVC_LOCK_ARTIFACT)
-        info, artifacts_sha256 = _log_model(layout, params, name)
+        for path, artifact in ((layout.root / PARAMS_FILE, tags.PARAMS_ARTIFACT),
+                               (layout.dvc_lock, tags.DVC_LOCK_ARTIFACT)):
+            mlflow.log_artifact(str(path), str(PurePosixPath(artifact).parent))
+        info, artifacts_sha256 = _log_model(layout, params)
         # what `senti lineage verify` checks later (senti.lineage)
         mlflow.log_dict(lineage.training_record(
             layout.root, versioning.read_lock(layout.root),
             layout.raw_csv.relative_to(layout.root).as_posix(), artifacts_sha256),
             tags.LINEAGE_RECORD)
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key in tags.VERSION_TAGS:
-        if key in run_tags:
-            client.set_model_version_tag(name, version, key, run_tags[key])
     validation = read_json(layout.validation_report) if layout.validation_report.exists() else {}
-    client.set_model_version_tag(name, version, tags.VALIDATION,
-                                 "passed" if validation.get("success") else "failed")
-    client.set_registered_model_alias(name, tags.CHALLENGER, version)
+    version_tags = {key: run_tags[key] for key in tags.VERSION_TAGS if key in run_tags}
+    version_tags[tags.VALIDATION] = "passed" if validation.get("success") else "failed"
+    version = str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
+    MlflowClient().set_registered_model_alias(name, tags.CHALLENGER, version)
     return RegisteredVersion(name, version, run.info.run_id, f"models:/{name}/{version}", True)
 
 
@@ -216,7 +178,7 @@ def resolve_model_uri(model_name: str) -> str:
     return f"models:/{model_name}/{max(int(v.version) for v in versions)}"
 
 
-def _load(model_uri: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _load(model_uri: str) -> gate.Predict:
     """A registered model's ``predict``; an input it refuses raises ValueError."""
     try:
         model = mlflow.pyfunc.load_model(model_uri)
@@ -255,21 +217,13 @@ def predict_csv(layout: Layout, params: Params, input_csv: Path | str,
 
 # ---- the promotion gate -----------------------------------------------------------------
 
-def _validation_passed(layout: Layout, version: ModelVersion) -> bool:
-    tag = version.tags.get(tags.VALIDATION)
-    if tag is not None:
-        return tag == "passed"
-    try:  # versions registered before the tag existed: the run's validation report
-        report = layout.validation_report.relative_to(layout.reports).as_posix()
-        return bool(read_json(mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=f"{tags.REPORTS_DIR}/{report}")).get("success"))
-    except (MlflowException, OSError):
-        return False
-
-
 def evaluate_gate(layout: Layout, params: Params,
                   version: str | None = None) -> gate.GateDecision:
-    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide."""
+    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide.
+
+    The challenger must carry the ``senti.validation`` tag that :func:`log_retrain` writes:
+    a version registered without it fails the gate's validation condition.
+    """
     name = params.registry.model_name
     configure(layout, params.registry.experiment)
     client = MlflowClient()
@@ -287,53 +241,42 @@ def evaluate_gate(layout: Layout, params: Params,
     return gate.judge(
         layout, params.promote, (str(challenger), _load(f"models:/{name}/{challenger}")),
         None if champion is None else (champion, _load(f"models:/{name}/{champion}")),
-        validation_passed=_validation_passed(layout, model_version),
+        validation_passed=model_version.tags.get(tags.VALIDATION) == "passed",
         run_metrics=client.get_run(model_version.run_id).data.metrics)
 
 
-def _replace_decision_tags(client: MlflowClient, model_name: str, version: str,
-                           new: dict[str, str]) -> None:
-    """Set the version's ``promote.*`` tags to ``new``: they describe its latest decision
-    only (earlier ones stay in its run's decisions table). Its ``previous_champion`` stays
-    unless ``new`` sets it: rollbacks follow it."""
-    for key in client.get_model_version(model_name, version).tags:
-        if key.startswith(tags.PROMOTE_PREFIX) and key != tags.PREVIOUS_CHAMPION \
-                and key not in new:
+def _record(model_name: str, version: str, new_tags: dict[str, str], row: dict,
+            champion: bool) -> str:
+    """Set the version's ``promote.*`` tags to ``new_tags``: they describe its latest decision
+    only (earlier ones stay in its run's decisions table, to which ``row`` is added). Its
+    ``previous_champion`` stays unless ``new_tags`` sets it: rollbacks follow it. Make the
+    version @champion when ``champion``. Return its run id."""
+    client = MlflowClient()
+    found = client.get_model_version(model_name, version)
+    for key in found.tags:
+        if key.startswith(tags.PROMOTE_PREFIX) and key not in (tags.PREVIOUS_CHAMPION, *new_tags):
             client.delete_model_version_tag(model_name, version, key)
-    for key, value in new.items():
+    for key, value in new_tags.items():
         client.set_model_version_tag(model_name, version, key, value)
-
-
-def _append_decision(client: MlflowClient, model_name: str, version: str,
-                     row: dict) -> str:
-    """Add ``row`` to the version's run's decisions table; return the run id."""
-    run_id = client.get_model_version(model_name, version).run_id
-    mlflow.log_table(pd.DataFrame([row]), tags.DECISIONS_TABLE, run_id=run_id)
-    return run_id
-
-
-def _set_champion(client: MlflowClient, model_name: str, version: str) -> None:
-    client.set_registered_model_alias(model_name, tags.CHAMPION, version)
-    if alias_version(model_name, tags.CHALLENGER) == version:
-        client.delete_registered_model_alias(model_name, tags.CHALLENGER)
+    mlflow.log_table(pd.DataFrame([row]), tags.DECISIONS_TABLE, run_id=found.run_id)
+    if champion:
+        client.set_registered_model_alias(model_name, tags.CHAMPION, version)
+        if alias_version(model_name, tags.CHALLENGER) == version:
+            client.delete_registered_model_alias(model_name, tags.CHALLENGER)
+    return found.run_id
 
 
 def record_decision(model_name: str, decision: gate.GateDecision,
                     flow_run_id: str | None) -> None:
     """Tag the version, append to its run's tables and metrics; move @champion if promoted."""
-    client = MlflowClient()
-    _replace_decision_tags(client, model_name, decision.challenger,
-                           gate.decision_tags(decision, flow_run_id))
-    run_id = _append_decision(client, model_name, decision.challenger,
-                              decision.table_row(flow_run_id))
+    run_id = _record(model_name, decision.challenger,
+                     gate.decision_tags(decision, flow_run_id), decision.table_row(flow_run_id),
+                     champion=decision.promoted)
     if decision.behaviour.cases:
         cases = pd.DataFrame(decision.behaviour.cases).assign(time=decision.time)
         mlflow.log_table(cases, tags.BEHAVIOUR_TABLE, run_id=run_id)
-    stamp = int(datetime.fromisoformat(decision.time).timestamp() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in
-                                      gate.decision_metrics(decision).items()])
-    if decision.promoted:
-        _set_champion(client, model_name, decision.challenger)
+    mlflow.log_metrics(gate.decision_metrics(decision), run_id=run_id,
+                       timestamp=int(datetime.fromisoformat(decision.time).timestamp() * 1000))
 
 
 def rollback(model_name: str, reason: str, flow_run_id: str | None,
@@ -342,19 +285,17 @@ def rollback(model_name: str, reason: str, flow_run_id: str | None,
     gate decision (see :func:`senti.promote.rollback_target`)."""
     client = MlflowClient()
     current = alias_version(model_name, tags.CHAMPION)
-    current_tags = {} if current is None else client.get_model_version(model_name,
-                                                                        current).tags
+    current_tags = {} if current is None else client.get_model_version(model_name, current).tags
     restored = gate.rollback_target(model_name, current, current_tags)
     try:
         client.get_model_version(model_name, restored)
     except MlflowException as exc:
         raise gate.PromotionError(f"version {restored}, which version {current} replaced, "
                                   "no longer exists") from exc
-    record = gate.Rollback(str(current), restored, reason, now or gate.now_utc())
-    _replace_decision_tags(client, model_name, restored, gate.rollback_tags(record, flow_run_id))
+    record = gate.Rollback(current, restored, reason, now or gate.now_utc())
     client.set_model_version_tag(model_name, record.from_version, tags.ROLLED_BACK, record.time)
-    _append_decision(client, model_name, restored, record.table_row(flow_run_id))
-    _set_champion(client, model_name, restored)
+    _record(model_name, restored, gate.rollback_tags(record, flow_run_id),
+            record.table_row(flow_run_id), champion=True)
     return record
 
 
@@ -363,9 +304,7 @@ def decisions(model_name: str, version: str) -> list[dict]:
     decisions table; empty if none)."""
     run_id = MlflowClient().get_model_version(model_name, version).run_id
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                   artifact_path=tags.DECISIONS_TABLE)
+        table = mlflow.artifacts.load_dict(f"runs:/{run_id}/{tags.DECISIONS_TABLE}")
     except (MlflowException, OSError):
         return []
-    table = read_json(path)
     return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
