@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 
 from senti.config import (
+    Layout,
+    Params,
     ParamsError,
     apply_overrides,
     load_context,
@@ -36,6 +38,18 @@ Root = Annotated[Path, ROOT_OPTION]
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def _registry(root: Path) -> tuple[Params, Layout]:
+    """The project's params and layout, with MLflow pointed at the project's store."""
+    from senti import registry
+
+    try:
+        params, layout = load_context(root)
+    except ParamsError as exc:
+        raise fail(str(exc), code=2) from exc
+    registry.configure(layout, params.registry.experiment)
+    return params, layout
 
 
 # ---- pipeline -------------------------------------------------------------------------------
@@ -235,8 +249,7 @@ def serve_command(
 
     from senti import registry, tags
 
-    params, layout = load_context(root)
-    registry.configure(layout, params.registry.experiment)
+    params, layout = _registry(root)
     name = params.registry.model_name
     version = registry.alias_version(name, tags.CHAMPION)
     if version is None:
@@ -267,13 +280,12 @@ def _quiet() -> None:
 
 def _version(ref: str, root: Path):
     """The version ``ref`` names in the project's registry, and the project's layout."""
-    from senti import lineage, registry
+    from senti import lineage
 
+    _, layout = _registry(root)
     try:
-        params, layout = load_context(root)
-        registry.configure(layout, params.registry.experiment)
         return lineage.resolve(ref), layout
-    except (lineage.LineageError, ParamsError) as exc:
+    except lineage.LineageError as exc:
         raise fail(str(exc), code=2) from exc
 
 
@@ -300,13 +312,9 @@ def lineage_data_command(
     root: Root = Path("."),
 ) -> None:
     """Every model version trained on a data version. Exits 1 when there is none."""
-    from senti import lineage, registry, versioning
+    from senti import lineage, versioning
 
-    try:
-        params, layout = load_context(root)
-    except ParamsError as exc:
-        raise fail(str(exc), code=2) from exc
-    registry.configure(layout, params.registry.experiment)
+    _registry(root)
     path = Path(target)
     if not path.exists() and not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", target):
         raise fail(f"{target}: no such file or directory, and not a DVC md5 hash", code=2)
