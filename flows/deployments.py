@@ -13,6 +13,7 @@ storage is needed; the project root is fixed when the deployments are built.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +96,9 @@ def serve(root: Path | str, echo: Callable[[str], None] = print) -> None:
     from prefect import serve as prefect_serve
     from prefect.settings import PREFECT_API_URL
 
+    # A background job of a non-interactive shell (`senti schedule &`) starts with SIGINT
+    # ignored, and Python then leaves it ignored: make SIGINT stop serving in any case.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     built = deployments(root)
     with ExitStack() as stack:
         if not PREFECT_API_URL.value():

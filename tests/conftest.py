@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -103,8 +105,20 @@ def trained_project(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
 
 
 def copy_project(root: Path, dest: Path) -> Path:
-    """A copy of a project (git repo, DVC cache, MLflow store) to change freely. Its MLflow
-    experiment keeps the original's artifact directory, so new runs write there too, each
-    under its own run id."""
+    """A copy of a project (git repo, DVC cache, MLflow store and artifacts) to change freely.
+
+    MLflow records absolute artifact locations, so every text value of the copied SQLite
+    store that names the original project is rewritten to name the copy: runs, tables and
+    models written through the copy never touch the original's artifacts."""
+    from senti.config import load_context
+
     shutil.copytree(root, dest, symlinks=True)
+    old, new = str(root.resolve()), str(dest.resolve())
+    with closing(sqlite3.connect(load_context(dest)[1].mlflow_db)) as db, db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column, kind in db.execute(f"SELECT name, type FROM pragma_table_info('{table}')"):
+                if kind.upper() in ("TEXT", "VARCHAR") or kind.upper().startswith("VARCHAR"):
+                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                               f'WHERE instr("{column}", ?) > 0', (old, new, old))
     return dest

@@ -83,6 +83,9 @@ class Served:
         self.process.send_signal(sig)
         try:
             return self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 90 s after {sig.name}:\n{self.output}") \
+                from None
         finally:
             if self.process.poll() is None:
                 self.process.kill()
