@@ -84,6 +84,16 @@ def make_project(root: Path, params: dict | None = None) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _forget_mlflow_artifact_locations():
+    """MLflow caches each run's artifact repository by run id for the whole process, whatever
+    the store: a copied project's runs have the original's ids, so without this a test
+    writing through a copy would write into the original's artifacts."""
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for the whole session (starting one costs ~10 s)."""

@@ -163,7 +163,8 @@ def test_unchanged_rerun_is_a_noop_that_says_nothing_changed(served, project):
 
 def test_triggered_deployment_retrains_and_registers(served, project):
     params_before = (project / "params.yaml").read_text()
-    run = _trigger(RETRAIN, overrides={"train.epochs": 1})
+    # an evaluate-only param: DVC reruns just that stage, and the new inputs register a version
+    run = _trigger(RETRAIN, overrides={"evaluate.baseline_c": 0.5})
     assert run.state.type == StateType.COMPLETED, (run.state.message, served.output)
     version = _versions(project)[-1]
     assert str(version.version) == "2"
@@ -171,9 +172,10 @@ def test_triggered_deployment_retrains_and_registers(served, project):
     assert run_tags[tags.PREFECT_FLOW_RUN] == str(run.id)
     assert run_tags[tags.PREFECT_DEPLOYMENT] == RETRAIN.split("/")[-1]
     assert run_tags[tags.GIT_COMMIT]
-    assert MlflowClient().get_run(version.run_id).data.params["train.epochs"] == "1"
+    assert MlflowClient().get_run(version.run_id).data.params["evaluate.baseline_c"] == "0.5"
     summary = _artifact(run.id)
     assert summary.startswith("# Retrain\n") and "registered new version" in summary
+    assert "| train | skipped |" in summary and "| evaluate | ran |" in summary
     assert tags.DECISION in version.tags  # the gate judged it
     assert (project / "params.yaml").read_text() == params_before
 
