@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -100,9 +100,7 @@ def serve(root: Path | str, echo: Callable[[str], None] = print) -> None:
     # ignored, and Python then leaves it ignored: make SIGINT stop serving in any case.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     built = deployments(root)
-    with ExitStack() as stack:
-        if not PREFECT_API_URL.value():
-            stack.enter_context(_background_server(echo))
+    with nullcontext() if PREFECT_API_URL.value() else _background_server(echo):
         prefect_serve(*built)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -40,14 +42,26 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """Any of ``errors`` raised in the block ends the command with its message in red."""
+    try:
+        yield
+    except errors as exc:
+        raise fail(str(exc), code) from exc
+
+
+def _context(root: Path) -> tuple[Params, Layout]:
+    """The project's params and layout; a broken params.yaml exits 2 naming the problem."""
+    with failing(ParamsError, code=2):
+        return load_context(root)
+
+
 def _registry(root: Path) -> tuple[Params, Layout]:
     """The project's params and layout, with MLflow pointed at the project's store."""
     from senti import registry
 
-    try:
-        params, layout = load_context(root)
-    except ParamsError as exc:
-        raise fail(str(exc), code=2) from exc
+    params, layout = _context(root)
     registry.configure(layout, params.registry.experiment)
     return params, layout
 
@@ -61,26 +75,21 @@ def retrain_command(
     root: Root = Path("."),
 ) -> None:
     """Validate, segment, build the vocabulary, train, evaluate and register (Prefect + DVC)."""
-    try:
+    with failing(ParamsError, code=2):
         overrides = parse_overrides(set_ or [])
         apply_overrides(load_params(root).raw, overrides)  # reject bad keys before starting
-    except ParamsError as exc:
-        raise fail(str(exc), code=2) from exc
     from flows.retrain import StageFailed, retrain
 
-    try:
+    with failing(StageFailed, ParamsError):
         result = retrain(root=str(root), overrides=overrides)
-    except (StageFailed, ParamsError) as exc:
-        raise fail(str(exc)) from exc
     skipped = [s for s, status in result["stages"].items() if status == "skipped"]
     typer.echo(f"stages skipped (unchanged): {', '.join(skipped) or 'none'}")
     if result.get("nothing_changed"):
         typer.echo("nothing changed: data and params as for the registered version below")
     state = "registered" if result["registered"] else "unchanged inputs, already registered as"
     typer.echo(f"{state} {result['model_uri']}")
-    for who in ("model", "baseline"):
+    for who, name in (("model", "BiLSTM+attention"), ("baseline", "baseline (TF-IDF+LinearSVC)")):
         m = result["metrics"][who]
-        name = "BiLSTM+attention" if who == "model" else "baseline (TF-IDF+LinearSVC)"
         typer.echo(f"{name:<28} test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     promotion = result["promotion"]
     typer.echo(f"promotion gate: {promotion['decision']}: {promotion['reason']}")
@@ -94,11 +103,9 @@ def validate_command(
     """Run the data validation suite (params.yaml's `validate` section) on a CSV."""
     from senti.validate import read_raw_csv, validate_frame
 
-    params, layout = load_context(root)
-    try:
+    params, layout = _context(root)
+    with failing(ValueError):
         frame = read_raw_csv(file)
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
     report = validate_frame(frame, params.validate, params.data.labels,
                             docs_dir=layout.reports / "validate_cli_docs")
     typer.echo(report.summary())
@@ -126,10 +133,8 @@ def promote_command(
     from flows.promote import promote
     from senti.promote import PromotionError
 
-    try:
+    with failing(PromotionError, ParamsError):
         decision = promote(root=str(root), version=version, force=force, reason=reason)
-    except (PromotionError, ParamsError) as exc:
-        raise fail(str(exc)) from exc
     for condition in decision["conditions"]:
         mark = "ok  " if condition["passed"] else "FAIL"
         typer.echo(f"{mark} {condition['name']:<10} {condition['detail']}")
@@ -148,10 +153,8 @@ def rollback_command(
     from flows.promote import rollback
     from senti.promote import PromotionError
 
-    try:
+    with failing(PromotionError, ParamsError):
         restored = rollback(root=str(root), reason=reason)
-    except (PromotionError, ParamsError) as exc:
-        raise fail(str(exc)) from exc
     typer.echo(f"@champion: version {restored['from_version']} -> {restored['to_version']}")
 
 
@@ -162,7 +165,7 @@ def schedule_command(root: Root = Path(".")) -> None:
     """Serve the deployments of flows/deployments.py on this machine (the nightly retrain's
     cron included) until Ctrl-C. With PREFECT_API_URL set they are registered on that server;
     otherwise a local Prefect server runs for as long as this command does."""
-    load_params(root)  # fail on a broken params.yaml before starting anything
+    _context(root)  # fail on a broken params.yaml before starting anything
     from flows.deployments import serve
 
     serve(root, echo=typer.echo)
@@ -176,13 +179,11 @@ def deploy_command(
 ) -> None:
     """Register the deployments on the Prefect server at PREFECT_API_URL for a work pool;
     `prefect worker start --pool senti` then runs them."""
-    load_params(root)
+    _context(root)
     from flows.deployments import deploy
 
-    try:
+    with failing(ValueError):  # e.g. no such work pool
         ids = deploy(root, pool)
-    except ValueError as exc:  # e.g. no such work pool
-        raise fail(str(exc)) from exc
     typer.echo(f"{len(ids)} deployment(s) registered for work pool {pool!r}")
 
 
@@ -207,24 +208,20 @@ def predict_command(
     """Classify texts with the registered model, or a CSV with --input/--output."""
     from senti import registry
 
-    params, layout = load_context(root)
+    params, layout = _context(root)
     if input_csv is not None or output_csv is not None:
         if input_csv is None or output_csv is None or texts:
             raise fail("batch mode needs both --input and --output, and no texts", code=2)
-        try:
+        with failing(LookupError, OSError, ValueError, registry.RegistryError):
             report = registry.predict_csv(layout, params, input_csv, output_csv, version,
                                           text_column)
-        except (LookupError, OSError, ValueError, registry.RegistryError) as exc:
-            raise fail(str(exc)) from exc
         typer.echo(f"{report['rows']} rows -> {report['output']} with {report['model']} "
                    f"v{report['model_version']} ({report['rows_per_second']} rows/s)")
         return
     if not texts:
         raise fail("give at least one text, e.g. senti predict \"质量很好，物流也快\"", code=2)
-    try:
+    with failing(LookupError, ValueError, registry.RegistryError):
         uri, predictions = registry.predict_texts(layout, params, texts, model_uri)
-    except (LookupError, ValueError, registry.RegistryError) as exc:
-        raise fail(str(exc)) from exc
     for text, row in zip(texts, predictions.to_dict("records"), strict=True):
         if as_json:
             typer.echo(json.dumps({"text": text, **row}, ensure_ascii=False))
@@ -283,10 +280,8 @@ def _version(ref: str, root: Path):
     from senti import lineage
 
     _, layout = _registry(root)
-    try:
+    with failing(lineage.LineageError, code=2):
         return lineage.resolve(ref), layout
-    except lineage.LineageError as exc:
-        raise fail(str(exc), code=2) from exc
 
 
 @lineage_app.command("model")
@@ -363,10 +358,8 @@ def lineage_checkout_command(
     from senti import lineage
 
     version, layout = _version(ref, root)
-    try:
+    with failing(lineage.LineageError):
         restored = lineage.checkout(layout.root, version, dest)
-    except lineage.LineageError as exc:
-        raise fail(str(exc)) from exc
     for relpath, md5 in restored["files"].items():
         typer.echo(f"restored {dest / relpath}  md5 {md5}")
     typer.echo(f"restored {dest / restored['params']}")

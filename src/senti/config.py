@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from ruamel.yaml import YAML
@@ -62,23 +62,16 @@ def _between(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
 
 Fraction = Annotated[float, _between(0, 1, hi_open=True)]
 Positive = Annotated[int, _between(1)]
+# labels may be written as integers in YAML; they are compared as strings
+Label = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)]
 
 
 class DataParams(_Section):
     source: str = Field(min_length=1)
-    labels: list[str]
+    labels: list[Label]
     sample_size: Annotated[int, _between(0, note="0 = all rows")]
     val_fraction: Fraction
     test_fraction: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels_as_strings(cls, value: Any) -> Any:
-        """Labels may be written as integers in YAML; they are compared as strings."""
-        if isinstance(value, list):
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                    for v in value]
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
@@ -218,8 +211,7 @@ class Params(_Section):
     promote: PromoteParams
     paths: Paths
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True,
-                              protected_namespaces=())
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())  # and _Section's
 
     @property
     def validate(self) -> ValidateParams:  # type: ignore[override]
@@ -271,8 +263,6 @@ def _message(error: dict) -> str:
 
 def parse_params(tree: Any) -> Params:
     """Build and check :class:`Params` from a parsed params.yaml mapping."""
-    if not isinstance(tree, dict):
-        raise ParamsError(f"params: expected a mapping, got {tree!r}")
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
