@@ -38,7 +38,9 @@ def store(tmp_path, monkeypatch) -> Iterator[str]:
     server = os.environ.get("SENTI_TEST_TRACKING_URI")
     if server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    registry.configure(Layout(tmp_path, load_params(REPO).paths), "senti-history")
+    # runs go to this experiment: the default one would put artifacts in ./mlruns
+    mlflow.set_experiment(experiment_id=registry.configure(
+        Layout(tmp_path, load_params(REPO).paths), "senti-history"))
     name = f"history-{uuid.uuid4().hex[:8]}"
     MlflowClient().create_registered_model(name)
     yield name
