@@ -97,6 +97,10 @@ class SegmentParams(_Section):
     user_dict: str
     workers: Annotated[int, _between(0, note="0 = all cores")]
 
+    def user_dict_path(self, root: Path) -> Path | None:
+        """The jieba user dictionary of the project at ``root`` (None: none configured)."""
+        return Path(root) / self.user_dict if self.user_dict else None
+
 
 class VocabParams(_Section):
     min_freq: Positive

@@ -140,17 +140,23 @@ def rows_after_steps(counts: dict[str, int]) -> list[dict[str, Any]]:
     return [*steps, {"step": "sampled", "rows": counts["rows_sampled"]}]
 
 
+def decisions(model_name: str, version: str) -> list[dict[str, Any]]:
+    """Every gate decision and rollback recorded on a version, oldest first: the rows its
+    run's decisions table gained one by one (empty if none)."""
+    run_id = MlflowClient().get_model_version(model_name, version).run_id
+    table = _load(run_id, tags.DECISIONS_TABLE) or {"columns": [], "data": []}
+    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+
+
 def _promotion(version: ModelVersion) -> dict[str, Any]:
     """The latest gate decision (``promote.*`` version tags) and every decision and rollback
-    recorded on the version's run (its decisions table), oldest first."""
-    table = _load(version.run_id, tags.DECISIONS_TABLE) or {"columns": [], "data": []}
-    decisions = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    recorded on the version (:func:`decisions`)."""
     return {"decision": version.tags.get(tags.DECISION), "reason": version.tags.get(tags.REASON),
             "time": version.tags.get(tags.DECIDED_AT),
             "previous_champion": version.tags.get(tags.PREVIOUS_CHAMPION),
             "rolled_back": version.tags.get(tags.ROLLED_BACK),
             "tags": _prefixed(version.tags, tags.PROMOTE_PREFIX),
-            "decisions": sorted(decisions, key=lambda row: str(row.get("time")))}
+            "decisions": decisions(version.name, str(version.version))}
 
 
 def model_lineage(version: ModelVersion, layout: Layout) -> dict[str, Any]:

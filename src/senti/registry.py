@@ -99,8 +99,8 @@ def _log_model(layout: Layout, params: Params):
         config.write_text(json.dumps({"maxlen": params.model.maxlen}), encoding="utf-8")
         artifacts = {"model": layout.model_file, "vocab": layout.vocab, "labels": layout.labels,
                      "serving_config": config}
-        if params.segment.user_dict:
-            artifacts["user_dict"] = layout.root / params.segment.user_dict
+        if user_dict := params.segment.user_dict_path(layout.root):
+            artifacts["user_dict"] = user_dict
         labels = read_json(layout.labels)
         example = pd.DataFrame({"text": INPUT_EXAMPLE})
         output = pd.DataFrame({"label": labels[:2], "probability": [0.9, 0.8],
@@ -297,14 +297,3 @@ def rollback(model_name: str, reason: str, flow_run_id: str | None,
     _record(model_name, restored, gate.rollback_tags(record, flow_run_id),
             record.table_row(flow_run_id), champion=True)
     return record
-
-
-def decisions(model_name: str, version: str) -> list[dict]:
-    """Every gate decision and rollback recorded on a version, oldest first (its run's
-    decisions table; empty if none)."""
-    run_id = MlflowClient().get_model_version(model_name, version).run_id
-    try:
-        table = mlflow.artifacts.load_dict(f"runs:/{run_id}/{tags.DECISIONS_TABLE}")
-    except (MlflowException, OSError):
-        return []
-    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from senti import lineage, registry, tags
 from senti import promote as gate
-from senti import registry, tags
 from senti.behaviour import BehaviourResult
 from senti.config import Layout, PromoteParams, load_params
 from tests.conftest import REPO
@@ -96,7 +96,7 @@ def test_thirty_promotions_then_rollbacks_walk_back_the_chain(store):
         assert restored[tags.CHAMPION_VERSION] == current
         assert restored[tags.PREVIOUS_CHAMPION] == str(int(previous) - 1)  # not erased
         assert tags.ROLLED_BACK in version_tags(name, current)
-    assert [r["decision"] for r in registry.decisions(name, "28")] == [
+    assert [r["decision"] for r in lineage.decisions(name, "28")] == [
         "promoted", "rejected", "rollback"]
 
     # a new champion replaces the restored one; rolling it back skips 28..30 for good
@@ -109,7 +109,7 @@ def test_thirty_promotions_then_rollbacks_walk_back_the_chain(store):
     with pytest.raises(gate.PromotionError, match="no earlier champion"):
         registry.rollback(name, "again", None)
     assert champion(name) == "1"
-    assert [r["decision"] for r in registry.decisions(name, "1")] == ["promoted", "rollback"]
+    assert [r["decision"] for r in lineage.decisions(name, "1")] == ["promoted", "rollback"]
     assert MlflowClient().get_registered_model(name).tags == {}
     print(f"{PROMOTIONS + 1} promotions, 30 rollbacks: {time.perf_counter() - started:.1f}s")
 

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from flows.batch_predict import batch_predict
 from flows.promote import promote, rollback
 from flows.retrain import retrain
-from senti import registry, tags
+from senti import lineage, registry, tags
 from senti.cli import app
 from senti.config import load_context
 from senti.promote import PromotionError
@@ -101,7 +101,7 @@ def test_first_version_passes_the_gate_and_becomes_champion(trained_project):
     for check in ("negation", "template", "punctuation_width", "trailing_emoji", "traditional"):
         assert 0.0 <= run.data.metrics[f"behaviour.{check}.pass_rate"] <= 1.0
     assert run.data.metrics["gate.promoted"] == 1.0
-    assert [r["decision"] for r in registry.decisions(NAME, "1")] == ["promoted"]
+    assert [r["decision"] for r in lineage.decisions(NAME, "1")] == ["promoted"]
     assert client.get_registered_model(NAME).tags == {}  # the history is the version tags
     summary, decision = _artifacts_of(client, "1")
     assert "Promotion gate: **promoted**" in summary
@@ -132,7 +132,7 @@ def test_worse_retrain_is_rejected_and_champion_unchanged(second):
     assert float(recorded["promote.champion.macro_f1"]) == pytest.approx(
         float(tags_of(client, "1")["promote.challenger.macro_f1"]), rel=1e-5)
     assert "promote.previous_champion" not in recorded  # it replaced nothing
-    assert [r["decision"] for r in registry.decisions(NAME, "2")] == ["rejected"]
+    assert [r["decision"] for r in lineage.decisions(NAME, "2")] == ["rejected"]
     summary, decision = _artifacts_of(client, "2")
     assert "rejected: @champion unchanged" in decision
     assert "Promotion gate: **rejected**" in summary
@@ -148,7 +148,7 @@ def test_forced_promotion_then_rollbacks(second):
     assert recorded["promote.decision"] == "forced"
     assert recorded["promote.reason"].startswith("forced: operator test; overrode: macro-F1")
     assert recorded["promote.previous_champion"] == "1"
-    assert [r["decision"] for r in registry.decisions(NAME, "2")] == ["rejected", "forced"]
+    assert [r["decision"] for r in lineage.decisions(NAME, "2")] == ["rejected", "forced"]
 
     back = rollback(root=str(root), reason="v2 is worse")
     assert (back["from_version"], back["to_version"]) == ("2", "1")
@@ -161,7 +161,7 @@ def test_forced_promotion_then_rollbacks(second):
     assert "promote.challenger.macro_f1" not in recorded  # tags describe the latest decision only
     assert recorded["promote.previous_champion"] == "none"  # v1's own predecessor, kept
     assert "promote.rolled_back" in tags_of(client, "2")
-    assert [r["decision"] for r in registry.decisions(NAME, "1")] == ["promoted", "rollback"]
+    assert [r["decision"] for r in lineage.decisions(NAME, "1")] == ["promoted", "rollback"]
     assert client.get_registered_model(NAME).tags == {}
     with pytest.raises(PromotionError, match="no earlier champion"):
         rollback(root=str(root))

@@ -26,7 +26,7 @@ def extra_corpus(params: Params, layout: Layout) -> pd.DataFrame:
     if params.embeddings.extra_corpus != PEOPLES_DAILY:
         return pd.DataFrame({"text": [], "tokens": []})
     texts = [t for t in map(normalise_text, ingest.peoples_daily_texts()) if t]
-    user_dict = layout.root / params.segment.user_dict if params.segment.user_dict else None
+    user_dict = params.segment.user_dict_path(layout.root)
     return pd.DataFrame({"text": texts, "tokens": segment_texts(
         texts, user_dict, params.segment.workers)})
 

@@ -17,7 +17,7 @@ from senti.stages import main
 def run(root: Path) -> dict:
     params, layout = load_context(root)
     dataset = pd.read_parquet(layout.dataset)
-    user_dict = layout.root / params.segment.user_dict if params.segment.user_dict else None
+    user_dict = params.segment.user_dict_path(layout.root)
     started = time.perf_counter()
     dataset["tokens"] = segment_texts(dataset["text"].tolist(), user_dict, params.segment.workers)
     seconds = time.perf_counter() - started
