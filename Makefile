@@ -17,10 +17,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "senti needs Python 3.11"'
+	@echo "senti: installing the pinned dependencies into $(VENV) (first time: 3-5 minutes) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,team,stack]"
 	touch $@
+	@echo "senti: dependencies installed"
 
 setup: $(STAMP)
 

@@ -16,16 +16,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
+from senti import notify, registry, tags
 from senti import promote as gate
-from senti import registry, tags
-from senti.config import load_context
+from senti.config import load_context, project_root
 
 ARTIFACT_KEY = "promotion-decision"
 
 
-def _model_name(root: str) -> str:
+def _model_name(root: str | None) -> str:
     """Point MLflow at the project's store; the registered model's name."""
-    params, layout = load_context(root)
+    params, layout = load_context(project_root(root))
     registry.configure(layout, params.registry.experiment)
     return params.registry.model_name
 
@@ -35,7 +35,7 @@ record = task(registry.record_decision, name="record-decision", cache_policy=NON
 
 
 @flow(name="promote", log_prints=True)
-def promote(root: str = ".", version: str | None = None, force: bool = False,
+def promote(root: str | None = None, version: str | None = None, force: bool = False,
             reason: str | None = None) -> dict[str, Any]:
     """Run the gate on ``version`` (default: @challenger) and promote it if it passes.
 
@@ -43,12 +43,15 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
     """
     if force and not (reason and reason.strip()):
         raise gate.PromotionError("--force needs --reason: say why the gate is overridden")
-    params, layout = load_context(root)
+    params, layout = load_context(project_root(root))
     decision = evaluate(layout, params, version)
     if force:
         decision = gate.force(decision, reason or "")
     name = params.registry.model_name
-    record(name, decision, flow_run.get_id())
+    record(layout.root, name, decision, flow_run.get_id())
+    notify.post(notify.webhook_url(params.notify.webhook_url), "promotion.decision",
+                f"{name} v{decision.challenger}: {decision.decision}: {decision.reason}",
+                model=name, decision=decision.to_dict())
     create_markdown_artifact(gate.decision_markdown(decision, name), key=ARTIFACT_KEY,
                              description=f"{name} v{decision.challenger}: {decision.decision}")
     get_run_logger().info("v%s %s: %s", decision.challenger, decision.decision, decision.reason)
@@ -56,10 +59,15 @@ def promote(root: str = ".", version: str | None = None, force: bool = False,
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(root: str = ".", reason: str = "manual rollback") -> dict[str, Any]:
+def rollback(root: str | None = None, reason: str = "manual rollback") -> dict[str, Any]:
     """Make the champion the current one replaced the champion again."""
-    name = _model_name(root)
-    restored = registry.rollback(name, reason, flow_run.get_id())
+    params, layout = load_context(project_root(root))
+    registry.configure(layout, params.registry.experiment)
+    name = params.registry.model_name
+    restored = registry.rollback(layout.root, name, reason, flow_run.get_id())
+    notify.post(notify.webhook_url(params.notify.webhook_url), "promotion.rollback",
+                f"{name} @champion rolled back v{restored.from_version} -> "
+                f"v{restored.to_version}: {reason}", model=name, rollback=asdict(restored))
     create_markdown_artifact(gate.rollback_markdown(restored, name), key=ARTIFACT_KEY,
                              description=f"{name} rollback to v{restored.to_version}")
     return asdict(restored)

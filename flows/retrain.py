@@ -9,6 +9,9 @@ a server when ``PREFECT_API_URL`` is set.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,14 +23,31 @@ from prefect.cache_policies import NONE
 from prefect.runtime import deployment, flow_run
 
 from flows.promote import gate_new_version
-from senti import lineage, registry, tags, versioning
-from senti.config import Layout, load_context, write_overrides
+from senti import drift, lineage, notify, registry, tags, versioning, workspace
+from senti.config import (
+    STATE_DIR,
+    Layout,
+    apply_overrides,
+    load_context,
+    loosened,
+    parse_params,
+    project_root,
+    write_overrides,
+)
 from senti.io import read_json
 from senti.segment import jieba_version
+from senti.stages import ERROR_FILE, OWNER_ENV
 
 
 class StageFailed(RuntimeError):
     """A pipeline stage exited with an error; nothing downstream of it ran."""
+
+
+class RetrainRefused(RuntimeError):
+    """The run was refused (policy, label set); the workspace is as it was before."""
+
+
+PROGRESS = logging.getLogger("senti.progress")  # one line per step, for the terminal
 
 
 @dataclass
@@ -42,32 +62,58 @@ class RetrainResult:
     fingerprint: str | None = None  # inputs fingerprint of this run's dvc.lock
     # no stage but ingest ran, ingest's output is unchanged and no version was registered
     nothing_changed: bool = False
+    # per-run overrides: the run was registered, and the workspace put back to params.yaml's
+    workspace_restored: bool = False
+    notes: list[str] = field(default_factory=list)  # e.g. a killed run's workspace restored
+    drift: dict[str, Any] | None = None  # the data-drift report against the champion's data
 
 
 def _failure_detail(layout: Layout, stage: str) -> str:
+    """The one-line cause of a failed stage: the stage's own message, or for validation the
+    unmet expectations (its Data Docs are kept in .senti/failed-run/)."""
     if stage == "validate" and layout.validation_report.exists():
         report = read_json(layout.validation_report)
-        failed = [o for o in report.get("outcomes", []) if not o.get("success")]
-        lines = [f"  - {o['name']} ({o['expectation']}): {o['observed']}" for o in failed]
-        docs = report.get("data_docs")
-        return "\n".join(["failed expectations:", *lines] + ([f"Data Docs: {docs}"] if docs
-                                                               else []))
-    return "see the stage output above"
+        failed = "; ".join(f"{o['name']} ({o['observed']})"
+                           for o in report.get("outcomes", []) if not o.get("success"))
+        docs = layout.root / STATE_DIR / workspace.FAILED_DIR / layout.paths.data_docs
+        return f"data validation failed: {failed}; Data Docs: {docs / 'index.html'}"
+    cause = layout.root / ERROR_FILE
+    if cause.exists():
+        return cause.read_text(encoding="utf-8").strip()
+    return f"stage {stage} failed (its output is in the log)"
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(root: str, stage: str) -> str:
+def run_stage(root: str, stage: str, position: str) -> str:
     """``dvc repro --single-item <stage>``; returns "ran" or "skipped"."""
     started = time.perf_counter()
+    PROGRESS.info("[%s] %s ...", position, stage)
+    (Path(root) / ERROR_FILE).unlink(missing_ok=True)
     try:
         ran = versioning.reproduce(root, stage)
     except versioning.StageError as exc:
         _, layout = load_context(root)
-        raise StageFailed(f"stage {stage!r} failed; downstream stages not run.\n"
-                          f"{_failure_detail(layout, stage)}") from exc
+        raise StageFailed(_failure_detail(layout, stage)) from exc
     status = "ran" if ran else "skipped"
-    get_run_logger().info("stage %s %s (%.1fs)", stage, status, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    PROGRESS.info("[%s] %s %s (%.0f s)", position, stage, status, seconds)
+    get_run_logger().info("stage %s %s (%.1fs)", stage, status, seconds)
     return status
+
+
+@task(name="check-label-set", cache_policy=NONE)
+def check_label_set(root: str) -> None:
+    """Refuse data whose label set differs from the champion's: its version could never be
+    judged against the champion. A new label set needs its own registered model."""
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    champion = registry.champion_labels(params.registry.model_name)
+    labels = read_json(layout.labels)
+    if champion is not None and champion[1] != labels:
+        raise RetrainRefused(
+            f"the data's labels {labels} differ from those of {params.registry.model_name} "
+            f"v{champion[0]} (@champion) {champion[1]}: a new label set needs its own model "
+            f"name (--set registry.model_name=NEW_NAME)")
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
@@ -84,8 +130,8 @@ def push_data(root: str) -> int | None:
 
 
 @task(name="register-model")
-def register(root: str, flow_run_id: str | None) -> tuple[registry.RegisteredVersion,
-                                                           str | None]:
+def register(root: str, flow_run_id: str | None,
+             policy_tags: dict[str, str]) -> tuple[registry.RegisteredVersion, str | None]:
     """Log the run to MLflow and register the model, unless these inputs already were.
     Returns the version and, for an existing one, the gate decision recorded on it."""
     params, layout = load_context(root)
@@ -108,8 +154,29 @@ def register(root: str, flow_run_id: str | None) -> tuple[registry.RegisteredVer
         tags.VOCAB_SHA256: read_json(layout.vocab_report)["sha256"],
         tags.PREFECT_FLOW_RUN: flow_run_id or tags.NONE,
         tags.PREFECT_DEPLOYMENT: deployment.name or tags.NONE,  # none: run from the CLI
+        **policy_tags,
     })
     return registry.log_retrain(layout, params, run_tags, fingerprint), None
+
+
+@task(name="data-drift", cache_policy=NONE)
+def data_drift(root: str, run_id: str) -> dict[str, Any] | None:
+    """Compare this run's data with the champion's (senti.drift); log the report to the run
+    (artifacts, ``drift.*`` metrics, the ``senti.drift`` tag) and as a Prefect artifact.
+    None when there is nothing to compare with (no champion, or one without a profile)."""
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    try:
+        reference = registry.drift_reference(params)
+    except drift.NoReference as exc:
+        get_run_logger().warning("no drift report: %s", exc)
+        return None
+    report = drift.compare(reference, drift.version_profile(layout, params.drift).data,
+                           params.drift, current="retrain data")
+    registry.log_drift_report(run_id, report)
+    create_markdown_artifact(drift.render_markdown(report), key="data-drift",
+                             description=report.headline())
+    return report.to_dict()
 
 
 def _summary_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
@@ -136,37 +203,49 @@ def _summary_markdown(result: RetrainResult, ingest_md5: str | None) -> str:
             f"| | accuracy | macro-F1 |\n|---|---|---|\n{scores}\n\n{gate}")
 
 
-@flow(name="retrain", log_prints=True)
-def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every pipeline stage through DVC, push the data to the default DVC remote, track
-    and register the model, then run the promotion gate on it (the champion changes only if
-    the gate passes).
+def _policy_tags(root: Path, overrides: dict[str, Any], force: bool,
+                 reason: str | None) -> dict[str, str]:
+    """Check per-run overrides against the checked-in params; a loosened validation or
+    promotion policy needs ``force`` and a ``reason``, and is recorded (run and version tags)."""
+    checked_in, _ = load_context(root)
+    effective = parse_params(apply_overrides(checked_in.raw, overrides))
+    policy = loosened(checked_in, effective)
+    if not policy:
+        return {}
+    changes = ", ".join(f"{key}={new!r} (checked in: {old!r})"
+                        for key, (old, new) in policy.items())
+    if not (force and reason and reason.strip()):
+        raise RetrainRefused(f"--set {changes} loosens the checked-in policy: rerun with "
+                             "--force --reason \"...\" (recorded as policy-overridden)")
+    return {tags.POLICY_OVERRIDES: json.dumps({k: list(v) for k, v in policy.items()}),
+            tags.POLICY_REASON: reason.strip()}
 
-    ``overrides`` maps ``section.key`` to a value for this run only (the CLI's
-    ``--set key=value``); params.yaml is restored afterwards, whatever happens.
-    """
-    root = str(Path(root).resolve())
+
+def _pipeline(root: Path, overrides: dict[str, Any], policy_tags: dict[str, str],
+              result: RetrainResult) -> None:
+    """Every stage, the data push, registration and the gate; fills ``result``."""
     _, layout = load_context(root)
-    # checked against params.yaml like `senti retrain --set` before anything runs, so a
-    # deployment run with parameters={"overrides": {...}} fails the same way
-    original = write_overrides(root, overrides) if overrides else None
-    result = RetrainResult()
+    if overrides:
+        write_overrides(root, overrides)  # journaled: restored whatever happens
     ingest_before = versioning.output_hash(versioning.read_lock(root), "ingest")
-    try:
-        for stage in versioning.stages(root):
-            result.stages[stage] = run_stage(root, stage)
-        lock = versioning.read_lock(root)
-        result.pushed = push_data(root)
-        version, judged = register(root, flow_run.get_id())
-        # a version judged before (inputs unchanged) is not judged again: that would only
-        # repeat the decision, or undo a rollback
-        result.promotion = gate_new_version(root, version.version) if not judged else {
-            "challenger": version.version, "promoted": False, "decision": "unchanged",
-            "reason": f"inputs unchanged; version {version.version} was judged already "
-                      f"({judged}): `senti promote --version {version.version}` reruns the gate"}
-    finally:
-        if original is not None:
-            (Path(root) / "params.yaml").write_text(original, encoding="utf-8")
+    names = versioning.stages(root)
+    for number, stage in enumerate(names, 1):
+        result.stages[stage] = run_stage(str(root), stage, f"{number}/{len(names)}")
+        if stage == "prepare":
+            check_label_set(str(root))
+    lock = versioning.read_lock(root)
+    PROGRESS.info("registering the model ...")
+    result.pushed = push_data(str(root))
+    version, judged = register(str(root), flow_run.get_id(), policy_tags)
+    if version.created:  # before the gate, which may make this version the champion
+        result.drift = data_drift(str(root), version.run_id)
+    # a version judged before (inputs unchanged) is not judged again: that would only repeat
+    # the decision, or undo a rollback
+    PROGRESS.info("promotion gate on version %s ...", version.version)
+    result.promotion = gate_new_version(str(root), version.version) if not judged else {
+        "challenger": version.version, "promoted": False, "decision": "unchanged",
+        "reason": f"inputs unchanged; version {version.version} was judged already "
+                  f"({judged}): `senti promote --version {version.version}` reruns the gate"}
     ingest_after = versioning.output_hash(lock, "ingest")
     result.version, result.model_uri = version.version, version.model_uri
     result.registered = version.created
@@ -181,4 +260,61 @@ def retrain(root: str = ".", overrides: dict[str, Any] | None = None) -> dict[st
         description=(f"nothing changed: every stage skipped, version {result.version} already "
                      "has these inputs") if result.nothing_changed
         else "stages run or skipped, model version, test metrics")
+
+
+def _notify_failure(flow: Any, run: Any, state: Any) -> None:
+    """on_failure hook: tell the team (notify.webhook_url / SENTI_WEBHOOK_URL)."""
+    project = project_root(run.parameters.get("root"))
+    params, _ = load_context(project)
+    notify.post(notify.webhook_url(params.notify.webhook_url), "retrain.failed",
+                f"senti retrain failed in {project}: {state.message}",
+                project=str(project), flow_run=str(run.id), flow_run_name=run.name)
+
+
+@flow(name="retrain", log_prints=True, on_failure=[_notify_failure])
+def retrain(root: str | None = None, overrides: dict[str, Any] | None = None,
+            force: bool = False, reason: str | None = None,
+            wait_s: float = 0.0) -> dict[str, Any]:
+    """Run every pipeline stage through DVC, push the data to the default DVC remote, track
+    and register the model, then run the promotion gate on it (the champion changes only if
+    the gate passes).
+
+    One retrain per project at a time: a second waits up to ``wait_s`` seconds for the
+    project lock, then fails naming the holder. ``overrides`` maps ``section.key`` to a value
+    for this run only (the CLI's ``--set key=value``); one that loosens the validation or
+    promotion policy needs ``force`` and a ``reason``. A run that fails, is refused or has
+    overrides leaves params.yaml, dvc.lock and every pipeline output byte-identical to before
+    (an override run's model is registered; its data is in the DVC cache and remote).
+    """
+    project = project_root(root)
+    overrides = overrides or {}
+    policy_tags = _policy_tags(project, overrides, force, reason)  # before anything changes
+    result = RetrainResult()
+    with workspace.project_lock(project, run=f"flow run {flow_run.get_id()}", wait_s=wait_s,
+                                notes=result.notes):
+        if restored := workspace.recover(project):
+            result.notes.append(f"a killed run's changes were undone: {', '.join(restored)}")
+        for note in result.notes:
+            PROGRESS.warning("note: %s", note)
+            get_run_logger().warning(note)
+        _, layout = load_context(project)
+        workspace.begin(project, versioning.outputs(project))
+        saved_owner = os.environ.get(OWNER_ENV)
+        os.environ[OWNER_ENV] = str(os.getpid())  # stages stop if this process dies
+        keep = False
+        try:
+            _pipeline(project, overrides, policy_tags, result)
+            keep = not overrides
+        except BaseException:
+            workspace.keep_failed(project, [layout.reports])
+            raise
+        finally:
+            if saved_owner is None:
+                os.environ.pop(OWNER_ENV, None)
+            else:
+                os.environ[OWNER_ENV] = saved_owner
+            if keep:
+                workspace.commit(project)
+            else:
+                result.workspace_restored = bool(workspace.restore(project))
     return asdict(result)

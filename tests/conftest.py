@@ -3,12 +3,16 @@ one project trained once per session that every slow test starts from."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from contextlib import closing
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -132,3 +136,37 @@ def copy_project(root: Path, dest: Path) -> Path:
                     db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
                                f'WHERE instr("{column}", ?) > 0', (old, new, old))
     return dest
+
+
+class Receiver(HTTPServer):
+    """Collects the JSON bodies POSTed to it; answers ``status``."""
+
+    def __init__(self, status: int = 200):
+        self.bodies: list[dict] = []
+        self.status = status
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:
+                length = int(handler.headers["Content-Length"])
+                self.bodies.append(json.loads(handler.rfile.read(length)))
+                handler.send_response(self.status)
+                handler.end_headers()
+
+            def log_message(handler, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

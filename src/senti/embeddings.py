@@ -19,7 +19,9 @@ _RANDOM_INIT_SCALE = 0.05
 
 
 def _stable_hash(text: str) -> int:
-    """gensim seeds some vectors with ``hash(word)``; Python salts str hashes per process."""
+    """gensim documents seeding word vectors with ``hashfxn(word + str(seed))``, and Python
+    salts ``hash`` of a str per process (``PYTHONHASHSEED``). gensim 4.4 draws the initial
+    vectors from ``seed`` alone; this keeps any version that hashes words salt-free."""
     return zlib.crc32(text.encode("utf-8"))
 
 
@@ -29,8 +31,10 @@ def train_word_vectors(
     """Word2vec vectors (``params.architecture``, negative sampling) of every token in
     ``sentences``.
 
-    One worker thread: gensim's threads race on shared weights, and the vectors must be the
-    same on every run for lineage to hold.
+    The same sentences, params and seed give bit-identical vectors in every process: one
+    worker thread (gensim's threads race on shared weights, so their updates land in an
+    order the scheduler picks); the vocabulary follows the corpus order; initial vectors,
+    negative samples and downsampling draw from ``seed``; word hashes are unsalted.
     """
     from gensim.models import Word2Vec
 

@@ -10,6 +10,7 @@ with id 0 and never all padding.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import keras
@@ -75,6 +76,17 @@ def build_model(vocab_size: int, num_classes: int, params: ModelParams) -> keras
     embedded = layers.Embedding(vocab_size, params.embed_dim, name="embedding")(token_ids)
     probabilities = build_head(num_classes, params)([embedded, token_ids])
     return keras.Model(token_ids, probabilities, name="senti_bilstm_attention")
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """sha256 over every weight array of ``model`` (dtype, shape and bytes, in layer order):
+    equal exactly when two models of one architecture hold bit-identical weights. The hash of
+    the ``.keras`` file cannot serve: the file also records when it was saved."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(f"{weights.dtype}{weights.shape}".encode())
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
 
 
 def load_model(path: Path | str) -> keras.Model:

@@ -2,7 +2,9 @@
 
 The default corpus has about half of its lines duplicated and some texts under both labels;
 a random split would leak test texts into training. Splitting on a hash of the normalised
-text keeps every text in one split for good, however the data grows.
+text keeps every text in one split for good, however the data grows. Texts are clipped to a
+bound before they are normalised, so one huge text costs no more than the bound; too few rows
+left after cleaning is refused, naming the count and the bound.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Collection
 
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
+# CJK unified ideographs (basic, extension A, compatibility): "Chinese characters"
+CJK_PATTERN = r"[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff]"
 _WHITESPACE = re.compile(r"\s+")
 
 
-def normalise_text(text: str) -> str:
-    """NFKC (full-width to half-width, compatibility forms), whitespace runs to one space, trim."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+def normalise_text(text: str, max_chars: int | None = None) -> str:
+    """The first ``max_chars`` characters of ``text`` (all with None) under NFKC (full-width to
+    half-width, compatibility forms), whitespace runs to one space, trimmed. Clipping comes
+    first, so the cost is bounded by ``max_chars`` whatever the length of ``text``."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text[:max_chars])).strip()
 
 
 def _unit_hash(text: str, salt: str) -> float:
@@ -49,12 +56,16 @@ def label_order(labels: pd.Series, declared: list[str]) -> list[str]:
     return list(declared)
 
 
-def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Normalise texts and drop empty, duplicate and label-conflicting rows; count each step."""
-    df = raw[["text", "label"]].dropna(subset=["label"]).copy()
-    counts = {"rows_raw": len(raw), "dropped_missing_label": len(raw) - len(df)}
+def clean(raw: pd.DataFrame, max_chars: int,
+          quarantined: Collection[int] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop the ``quarantined`` rows (positions in ``raw``), clip texts to ``max_chars`` and
+    normalise them, drop empty, duplicate and label-conflicting rows; count each step."""
+    kept = raw.drop(index=raw.index[list(quarantined)])
+    df = kept[["text", "label"]].dropna(subset=["label"]).copy()
+    counts = {"rows_raw": len(raw), "dropped_quarantined": len(raw) - len(kept),
+              "dropped_missing_label": len(kept) - len(df)}
     df["label"] = df["label"].astype(str).str.strip()
-    df["text"] = df["text"].fillna("").astype(str).map(normalise_text)
+    df["text"] = df["text"].fillna("").astype(str).map(lambda t: normalise_text(t, max_chars))
     non_empty = df["text"] != ""
     counts["dropped_empty_text"] = int((~non_empty).sum())
     df = df[non_empty]
@@ -79,10 +90,21 @@ def deterministic_sample(df: pd.DataFrame, size: int) -> pd.DataFrame:
 
 def prepare(
     raw: pd.DataFrame, declared_labels: list[str], sample_size: int,
-    val_fraction: float, test_fraction: float,
+    val_fraction: float, test_fraction: float, *, max_chars: int, min_rows: int,
+    quarantined: Collection[int] = (),
 ) -> tuple[pd.DataFrame, list[str], dict]:
-    """Clean, sample and split ``raw``; return (dataset, label order, report)."""
-    df, counts = clean(raw)
+    """Clean (:func:`clean`), sample and split ``raw``; return (dataset, label order, report).
+
+    Raises :class:`ValueError` naming the count and the bound when fewer than ``min_rows``
+    rows are left after cleaning (``validate.min_rows_after_cleaning``).
+    """
+    df, counts = clean(raw, max_chars, quarantined)
+    if counts["rows_clean"] < min_rows:
+        dropped = ", ".join(f"{n:,} {step.removeprefix('dropped_').replace('_', ' ')}"
+                            for step, n in counts.items() if step.startswith("dropped_") and n)
+        raise ValueError(f"{counts['rows_clean']:,} rows left after cleaning "
+                         f"{counts['rows_raw']:,} (dropped: {dropped or 'none'}), below "
+                         f"validate.min_rows_after_cleaning={min_rows:,}")
     labels = label_order(df["label"], declared_labels)
     df = deterministic_sample(df, sample_size)
     counts["rows_sampled"] = len(df)

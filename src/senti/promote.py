@@ -47,7 +47,8 @@ from senti.io import read_json
 # a loaded model's predict: a frame with a ``text`` column in, ``label`` and
 # ``prob_<label>`` columns out (a pyfunc model's, or :meth:`senti.serve.Predictor.predict`)
 Predict = Callable[[pd.DataFrame], pd.DataFrame]
-CHAMPION_DECISIONS = ("promoted", "forced", "rollback")  # the decisions that make a champion
+# the decisions that make a champion
+CHAMPION_DECISIONS = ("promoted", "forced", "policy-overridden", "rollback")
 # the decisions table's score columns: GateDecision.scores with "_" for "." (None in a
 # rollback's row)
 SCORE_COLUMNS = ("challenger_macro_f1", "champion_macro_f1", "mcnemar_p_value",
@@ -92,7 +93,9 @@ class GateDecision:
     challenger: str
     champion: str | None
     promoted: bool
-    decision: str  # "promoted" | "rejected" | "forced" (a rejection overridden by an operator)
+    # "promoted" | "rejected" | "forced" (a rejection overridden by an operator) |
+    # "policy-overridden" (promoted under a per-run policy looser than the checked-in one)
+    decision: str
     reasons: list[str]  # the failed conditions when rejected, every condition when promoted
     conditions: list[Condition]
     challenger_metrics: dict[str, float]
@@ -217,6 +220,19 @@ def force(decision: GateDecision, reason: str) -> GateDecision:
                             *(f"overrode: {r}" for r in decision.reasons)])
 
 
+def policy_overridden(decision: GateDecision, overrides: Mapping[str, Any],
+                      reason: str) -> GateDecision:
+    """A promotion decided under a per-run policy looser than the checked-in one
+    (``overrides``: ``section.key -> [checked-in, effective]``) is recorded as such; a
+    rejection stays a rejection."""
+    if not decision.promoted:
+        return decision
+    changed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in overrides.items())
+    return replace(decision, decision="policy-overridden",
+                   reasons=[f"policy overridden for this run ({reason}): {changed}",
+                            *decision.reasons])
+
+
 def judge(layout: Layout, params: PromoteParams, challenger: tuple[str, Predict],
           champion: tuple[str, Predict] | None, *, validation_passed: bool,
           run_metrics: dict[str, float]) -> GateDecision:
@@ -303,6 +319,7 @@ def rollback_target(model_name: str, champion: str | None,
 def decision_markdown(decision: GateDecision, model_name: str) -> str:
     """A Markdown report of a decision (for a Prefect artifact or a terminal)."""
     verdict = {"promoted": "promoted to @champion", "forced": "promoted to @champion (FORCED)",
+               "policy-overridden": "promoted to @champion (POLICY OVERRIDDEN)",
                "rejected": "rejected: @champion unchanged"}[decision.decision]
     scores = ", ".join(f"{key} {value:.4g}" for key, value in decision.scores().items()
                        if value is not None)

@@ -4,7 +4,8 @@ the promotion gate and batch prediction.
 A retrain is one run (:func:`log_retrain`) whose model is registered as a new version with
 the ``challenger`` alias; the serving version holds ``champion``. The gate's logic is
 :mod:`senti.promote`; here its models are loaded (:func:`evaluate_gate`) and its decisions
-recorded (:func:`record_decision`, :func:`rollback`). Tag and artifact names are
+recorded (:func:`record_decision`, :func:`rollback`), in MLflow and in the project's ledger
+(:mod:`senti.ledger`, kept in the DVC remote). Tag and artifact names are
 :mod:`senti.tags`. The registered model is logged from code (:mod:`senti.pyfunc_model`) with
 its own copy of the ``senti`` package, so loading it needs only public requirements.
 Default store: a SQLite file in the project, artifacts next to it; ``MLFLOW_TRACKING_URI``
@@ -27,11 +28,13 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 
-from senti import batch, lineage, tags, versioning
+from senti import batch, drift, lineage, tags
 from senti import promote as gate
-from senti.config import PARAMS_FILE, Layout, Params
-from senti.io import read_json, sha256_file
+from senti.config import PARAMS_FILE, Layout, Params, ServeParams
+from senti.io import read_json
+from senti.vocab import Vocabulary
 
 INPUT_EXAMPLE = ["质量很好，物流也快", "太差了，再也不买了"]
 PACKAGE_DIR = Path(__file__).parent  # logged with the model as its code
@@ -58,6 +61,8 @@ class RegisteredVersion:
 # Embedded-store URIs set by configure(): mlflow.set_tracking_uri copies its URI into
 # MLFLOW_TRACKING_URI, which must not then read as a user's choice of server.
 _EMBEDDED_URIS: set[str] = set()
+# The project configure() last pointed each store at: its DVC remote keeps the ledger that
+# registrations and decisions recorded in that store are appended to (senti.ledger).
 
 
 def tracking_uri(layout: Layout) -> str:
@@ -91,9 +96,8 @@ def find_version(model_name: str, fingerprint: str) -> ModelVersion | None:
         f"name = '{model_name}'") if version.tags.get(tags.FINGERPRINT) == fingerprint), None)
 
 
-def _log_model(layout: Layout, params: Params):
-    """Log the pyfunc model from code; return its ModelInfo and the sha256 of
-    each of its artifacts (by artifact key), hashed from the files that were logged."""
+def _log_model(layout: Layout, params: Params) -> ModelInfo:
+    """Log the pyfunc model from code; return its ModelInfo."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "serving_config.json"
         config.write_text(json.dumps({"maxlen": params.model.maxlen}), encoding="utf-8")
@@ -105,19 +109,19 @@ def _log_model(layout: Layout, params: Params):
         example = pd.DataFrame({"text": INPUT_EXAMPLE})
         output = pd.DataFrame({"label": labels[:2], "probability": [0.9, 0.8],
                                **{f"prob_{label}": 0.5 for label in labels}})
-        info = mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name=tags.MODEL_NAME, python_model=str(PYFUNC_MODEL), code_paths=[str(PACKAGE_DIR)],
             artifacts={key: str(path) for key, path in artifacts.items()},
             signature=infer_signature(example, output), input_example=example,
             pip_requirements=[f"{dist}=={metadata.version(dist)}"
                               for dist in RUNTIME_REQUIREMENTS])
-        return info, {key: sha256_file(path) for key, path in artifacts.items()}
 
 
 def log_retrain(layout: Layout, params: Params, run_tags: dict[str, str],
                 fingerprint: str) -> RegisteredVersion:
     """One MLflow run for a finished pipeline: params, per-epoch and test metrics, training
-    data, lineage tags and record, the reports directory, and the registered pyfunc model."""
+    data, lineage tags and record, the reports directory, and the registered pyfunc model,
+    entered in the project's ledger (:mod:`senti.ledger`, in its DVC remote)."""
     experiment_id = configure(layout, params.registry.experiment)
     name = params.registry.model_name
     run_tags = {**run_tags, tags.FINGERPRINT: fingerprint}
@@ -138,19 +142,26 @@ def log_retrain(layout: Layout, params: Params, run_tags: dict[str, str],
                                                  targets="label", name="train"),
                          context="training")
         mlflow.log_artifacts(str(layout.reports), tags.REPORTS_DIR)  # data docs included
+        log_drift_profile(layout, params)
         for path, artifact in ((layout.root / PARAMS_FILE, tags.PARAMS_ARTIFACT),
                                (layout.dvc_lock, tags.DVC_LOCK_ARTIFACT)):
             mlflow.log_artifact(str(path), str(PurePosixPath(artifact).parent))
-        info, artifacts_sha256 = _log_model(layout, params)
-        # what `senti lineage verify` checks later (senti.lineage)
-        mlflow.log_dict(lineage.training_record(
-            layout.root, versioning.read_lock(layout.root),
-            layout.raw_csv.relative_to(layout.root).as_posix(), artifacts_sha256),
-            tags.LINEAGE_RECORD)
+        info = _log_model(layout, params)
+        # what `senti lineage verify` checks later (senti.lineage): hashes of what was stored
+        mlflow.log_dict(lineage.training_record(layout, info.model_uri, run.info.run_id,
+                                                run_tags.get(tags.GIT_COMMIT)),
+                        tags.LINEAGE_RECORD)
     validation = read_json(layout.validation_report) if layout.validation_report.exists() else {}
     version_tags = {key: run_tags[key] for key in tags.VERSION_TAGS if key in run_tags}
     version_tags[tags.VALIDATION] = "passed" if validation.get("success") else "failed"
-    version = str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
+    version_tags[tags.LABELS] = json.dumps(read_json(layout.labels), ensure_ascii=False)
+    registered = mlflow.register_model(info.model_uri, name, tags=version_tags)
+    version = str(registered.version)
+    try:  # no version without its ledger entry: a rerun on these inputs registers it again
+        lineage.record_registration(layout.root, registered)
+    except BaseException:
+        MlflowClient().delete_model_version(name, version)
+        raise
     MlflowClient().set_registered_model_alias(name, tags.CHALLENGER, version)
     return RegisteredVersion(name, version, run.info.run_id, f"models:/{name}/{version}", True)
 
@@ -158,6 +169,16 @@ def log_retrain(layout: Layout, params: Params, run_tags: dict[str, str],
 def existing(version: ModelVersion) -> RegisteredVersion:
     return RegisteredVersion(version.name, str(version.version), version.run_id,
                              f"models:/{version.name}/{version.version}", False)
+
+
+def champion_labels(model_name: str) -> tuple[str, list[str]] | None:
+    """The @champion's version and label set (None: no champion, or one registered before
+    versions recorded their labels)."""
+    version = alias_version(model_name, tags.CHAMPION)
+    if version is None:
+        return None
+    labels = MlflowClient().get_model_version(model_name, version).tags.get(tags.LABELS)
+    return None if labels is None else (version, json.loads(labels))
 
 
 def alias_version(model_name: str, alias: str) -> str | None:
@@ -178,12 +199,26 @@ def resolve_model_uri(model_name: str) -> str:
     return f"models:/{model_name}/{max(int(v.version) for v in versions)}"
 
 
-def _load(model_uri: str) -> gate.Predict:
-    """A registered model's ``predict``; an input it refuses raises ValueError."""
+def champion_decision(model_name: str) -> tuple[str, str | None]:
+    """The @champion's version and the recorded gate decision that made it champion (None
+    when there is none: the alias was moved outside senti's gate)."""
+    version = alias_version(model_name, tags.CHAMPION)
+    if version is None:
+        raise LookupError(f"{model_name} has no @{tags.CHAMPION}: run senti retrain or "
+                          "senti promote")
+    decision = MlflowClient().get_model_version(model_name, version).tags.get(tags.DECISION)
+    return version, decision if decision in gate.CHAMPION_DECISIONS else None
+
+
+def _load(model_uri: str, serve: ServeParams | None = None) -> gate.Predict:
+    """A registered model's ``predict``; an input it refuses raises ValueError. With
+    ``serve``, its predictions flag low coverage at ``serve.min_known_share``."""
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
         raise RegistryError(f"cannot load {model_uri}: {exc.message}") from exc
+    if serve is not None:
+        model.unwrap_python_model().configure(serve.min_known_share)
 
     def predict(frame: pd.DataFrame) -> pd.DataFrame:
         try:
@@ -199,20 +234,70 @@ def predict_texts(layout: Layout, params: Params, texts: list[str],
     the URI used and one prediction row per text."""
     configure(layout, params.registry.experiment)
     uri = model_uri or resolve_model_uri(params.registry.model_name)
-    return uri, _load(uri)(pd.DataFrame({"text": texts}))
+    return uri, _load(uri, params.serve)(pd.DataFrame({"text": texts}))
 
 
 def predict_csv(layout: Layout, params: Params, input_csv: Path | str,
                 output_csv: Path | str, version: str | None = None,
                 text_column: str = "text") -> dict:
-    """:func:`senti.batch.predict_csv` with a registered version (default: the @champion)."""
+    """:func:`senti.batch.predict_csv` with a registered version (default: the @champion).
+    Input and output must be files under the project's ``serve.batch_dirs``
+    (:func:`senti.batch.project_file`); they are checked before anything is loaded."""
+    source = batch.project_file(input_csv, layout, params.serve.batch_dirs)
+    target = batch.project_file(output_csv, layout, params.serve.batch_dirs, output=True)
     configure(layout, params.registry.experiment)
     name = params.registry.model_name
     version = version or alias_version(name, tags.CHAMPION)
     if version is None:
         raise LookupError(f"{name} has no @champion: give a version, or run senti promote")
-    return {**batch.predict_csv(_load(f"models:/{name}/{version}"), input_csv, output_csv,
-                                version, text_column), "model": name}
+    return {**batch.predict_csv(_load(f"models:/{name}/{version}", params.serve), source,
+                                target, version, text_column), "model": name}
+
+
+# ---- drift ----------------------------------------------------------------------------------
+
+def log_drift_profile(layout: Layout, params: Params) -> None:
+    """Log the profile of the pipeline's data and test-set predictions to the active run:
+    what later data and predictions are compared with (:mod:`senti.drift`)."""
+    mlflow.log_text(drift.version_profile(layout, params.drift).to_json(), tags.DRIFT_PROFILE)
+
+
+def drift_reference(params: Params, version: str | None = None) -> drift.Reference:
+    """The profile and vocabulary that ``version`` (default: the @champion) was logged with.
+    Raises :class:`senti.drift.NoReference` naming what is missing."""
+    name = params.registry.model_name
+    label = f"{name} v{version}"
+    if version is None:
+        version = alias_version(name, tags.CHAMPION)
+        if version is None:
+            raise drift.NoReference(f"{name} has no @{tags.CHAMPION} to compare with: run "
+                                    "senti retrain (and senti promote)")
+        label = f"{name} v{version} (@{tags.CHAMPION})"
+    try:
+        run_id = MlflowClient().get_model_version(name, version).run_id
+    except MlflowException as exc:
+        raise drift.NoReference(f"{name} has no version {version}") from exc
+    try:
+        profile = mlflow.artifacts.load_text(f"runs:/{run_id}/{tags.DRIFT_PROFILE}")
+    except (MlflowException, OSError) as exc:
+        raise drift.NoReference(f"{label} has no drift profile ({tags.DRIFT_PROFILE}): it was "
+                                "registered before profiles were logged") from exc
+    vocab = mlflow.artifacts.load_text(
+        f"models:/{name}/{version}/artifacts/{PurePosixPath(params.paths.vocab).name}")
+    return drift.Reference(label, drift.VersionProfile.from_json(profile),
+                           Vocabulary.from_json(vocab))
+
+
+def log_drift_report(run_id: str, report: drift.DriftReport) -> None:
+    """Attach a drift report to a run: JSON and markdown artifacts, a ``drift.<feature>``
+    metric per feature, and the ``senti.drift`` tag (the drifted features, or ``none``)."""
+    client = MlflowClient()
+    client.log_text(run_id, json.dumps(report.to_dict(), ensure_ascii=False, indent=2),
+                    tags.DRIFT_REPORT)
+    client.log_text(run_id, drift.render_markdown(report), tags.DRIFT_REPORT_MD)
+    for feature in report.features:
+        client.log_metric(run_id, f"drift.{feature.name}", feature.value)
+    client.set_tag(run_id, tags.DRIFT, ",".join(report.drifted) or tags.NONE)
 
 
 # ---- the promotion gate -----------------------------------------------------------------
@@ -238,19 +323,24 @@ def evaluate_gate(layout: Layout, params: Params,
     champion = alias_version(name, tags.CHAMPION)
     if champion == str(challenger):
         raise gate.PromotionError(f"version {challenger} is already the champion")
-    return gate.judge(
+    decision = gate.judge(
         layout, params.promote, (str(challenger), _load(f"models:/{name}/{challenger}")),
         None if champion is None else (champion, _load(f"models:/{name}/{champion}")),
         validation_passed=model_version.tags.get(tags.VALIDATION) == "passed",
         run_metrics=client.get_run(model_version.run_id).data.metrics)
+    if overrides := model_version.tags.get(tags.POLICY_OVERRIDES):
+        return gate.policy_overridden(decision, json.loads(overrides),
+                                      model_version.tags.get(tags.POLICY_REASON, ""))
+    return decision
 
 
-def _record(model_name: str, version: str, new_tags: dict[str, str], row: dict,
-            champion: bool) -> str:
+def _record(root: Path | None, model_name: str, version: str, new_tags: dict[str, str],
+            row: dict, champion: bool) -> str:
     """Set the version's ``promote.*`` tags to ``new_tags``: they describe its latest decision
     only (earlier ones stay in its run's decisions table, to which ``row`` is added). Its
     ``previous_champion`` stays unless ``new_tags`` sets it: rollbacks follow it. Make the
-    version @champion when ``champion``. Return its run id."""
+    version @champion when ``champion``, and append the decision to the ledger of the project
+    at ``root`` (None: no ledger). Return its run id."""
     client = MlflowClient()
     found = client.get_model_version(model_name, version)
     for key in found.tags:
@@ -263,13 +353,17 @@ def _record(model_name: str, version: str, new_tags: dict[str, str], row: dict,
         client.set_registered_model_alias(model_name, tags.CHAMPION, version)
         if alias_version(model_name, tags.CHALLENGER) == version:
             client.delete_registered_model_alias(model_name, tags.CHALLENGER)
+    lineage.record_in_ledger(root, model_name, {
+        "kind": "decision", "champion": champion,
+        **{key: str(row[key]) for key in lineage.DECISION_FIELDS}})
     return found.run_id
 
 
-def record_decision(model_name: str, decision: gate.GateDecision,
+def record_decision(root: Path | None, model_name: str, decision: gate.GateDecision,
                     flow_run_id: str | None) -> None:
-    """Tag the version, append to its run's tables and metrics; move @champion if promoted."""
-    run_id = _record(model_name, decision.challenger,
+    """Tag the version, append to its run's tables and metrics and to the ledger of the
+    project at ``root``; move @champion if promoted."""
+    run_id = _record(root, model_name, decision.challenger,
                      gate.decision_tags(decision, flow_run_id), decision.table_row(flow_run_id),
                      champion=decision.promoted)
     if decision.behaviour.cases:
@@ -279,10 +373,11 @@ def record_decision(model_name: str, decision: gate.GateDecision,
                        timestamp=int(datetime.fromisoformat(decision.time).timestamp() * 1000))
 
 
-def rollback(model_name: str, reason: str, flow_run_id: str | None,
+def rollback(root: Path | None, model_name: str, reason: str, flow_run_id: str | None,
              now: str | None = None) -> gate.Rollback:
     """Make the champion that the current one replaced the champion again, recorded like a
-    gate decision (see :func:`senti.promote.rollback_target`)."""
+    gate decision (see :func:`senti.promote.rollback_target`) in the ledger of the project
+    at ``root``."""
     client = MlflowClient()
     current = alias_version(model_name, tags.CHAMPION)
     current_tags = {} if current is None else client.get_model_version(model_name, current).tags
@@ -294,6 +389,6 @@ def rollback(model_name: str, reason: str, flow_run_id: str | None,
                                   "no longer exists") from exc
     record = gate.Rollback(current, restored, reason, now or gate.now_utc())
     client.set_model_version_tag(model_name, record.from_version, tags.ROLLED_BACK, record.time)
-    _record(model_name, restored, gate.rollback_tags(record, flow_run_id),
+    _record(root, model_name, restored, gate.rollback_tags(record, flow_run_id),
             record.table_row(flow_run_id), champion=True)
     return record

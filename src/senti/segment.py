@@ -1,14 +1,30 @@
 """Segment: jieba word segmentation (accurate mode), in parallel processes for bulk work.
 
 jieba is imported only here. A :class:`Segmenter` loads the dictionary once per process.
+
+Two defences against hostile input:
+
+* jieba's time grows quadratically with an unbroken run of characters it segments as one
+  block (20k rare characters ~1.6 s, 40k ~6 s), so a run longer than :data:`MAX_RUN_CHARS` is
+  cut into pieces of that length first: the cost is then linear in the length of a text
+  (~1-3 s per 100k characters here). Texts are clipped before they get here (prepare: to
+  ``validate.max_text_chars``; serving: to what ``maxlen`` tokens use). No run in the bundled
+  corpus is that long (the longest is 195 characters), so its tokens are unchanged.
+* jieba caches its dictionary as a marshal file, loaded without any check, at a predictable
+  name in the shared temporary directory; the cache goes to a private directory instead
+  (:func:`cache_dir`, or a throw-away one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import jieba
@@ -16,6 +32,38 @@ import jieba
 jieba.setLogLevel(logging.WARNING)
 
 _CHUNK = 2000  # texts per task: large enough to amortise inter-process transfer
+# Longest run of characters segmented as one piece (a run: a match of jieba's own block pattern,
+# re_han_default). Per character, pieces of 20 to 2,000 rare characters cost the same; one of
+# 20k costs 2x, 40k 4x. 500 is 2.5x the longest run of the bundled corpus.
+MAX_RUN_CHARS = 500
+_LONG_RUN = re.compile(rf"[\u4E00-\u9FD5a-zA-Z0-9+#&\._%\-]{{{MAX_RUN_CHARS + 1},}}")
+
+
+def cache_dir() -> Path | None:
+    """A directory only this user can write, for jieba's dictionary cache:
+    ``$XDG_CACHE_HOME/senti/jieba`` (default ``~/.cache/senti/jieba``), created mode 0700;
+    None when it cannot be created or is not private (not this user's, or writable by
+    others)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "senti" / "jieba"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    private = (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+               and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return path if private else None
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` cut so that no unbroken run is longer than :data:`MAX_RUN_CHARS`."""
+    start = 0
+    for run in _LONG_RUN.finditer(text):
+        for cut in range(run.start() + MAX_RUN_CHARS, run.end(), MAX_RUN_CHARS):
+            yield text[start:cut]
+            start = cut
+    yield text[start:]
 
 
 class Segmenter:
@@ -23,7 +71,11 @@ class Segmenter:
 
     def __init__(self, user_dict: Path | str | None = None) -> None:
         self._tokenizer = jieba.Tokenizer()
-        self._tokenizer.initialize()
+        with ExitStack() as stack:  # no private cache directory: a throw-away one
+            private = cache_dir() or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="senti-jieba-"))
+            self._tokenizer.tmp_dir = str(private)
+            self._tokenizer.initialize()
         if user_dict:
             path = Path(user_dict)
             if not path.is_file():
@@ -31,8 +83,10 @@ class Segmenter:
             self._tokenizer.load_userdict(str(path))
 
     def cut(self, text: str) -> list[str]:
-        """Tokens of ``text`` in accurate mode, whitespace tokens dropped."""
-        return [t for t in self._tokenizer.cut(text, HMM=True) if t.strip()]
+        """Tokens of ``text`` in accurate mode, whitespace tokens dropped; time linear in the
+        length of ``text`` (runs are cut at :data:`MAX_RUN_CHARS`)."""
+        return [t for piece in _pieces(text) for t in self._tokenizer.cut(piece, HMM=True)
+                if t.strip()]
 
     def cut_many(self, texts: Iterable[str]) -> list[list[str]]:
         return [self.cut(t) for t in texts]

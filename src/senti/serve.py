@@ -1,16 +1,19 @@
-"""Serve: raw Chinese text in, label and class probabilities out.
+"""Serve: raw Chinese text in; label, class probabilities and how much of the text the model
+knows out.
 
 :class:`Predictor` is the fast inference path (jieba loaded once, one compiled TensorFlow
 function over batches padded to their longest text, so no retracing per call).
 :class:`SentimentPyfunc` wraps it as an MLflow pyfunc model: :mod:`senti.pyfunc_model` is
-the model code the registry logs, and ``mlflow models serve`` serves. Nothing here imports
-the training module.
+the model code the registry logs (with this module: nothing here may need more than the
+model's requirements; the HTTP server is :mod:`senti.server`). Nothing here imports the
+training module.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,15 +26,22 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from senti.inference import compile_inference, pad_batch
 from senti.model import load_model
-from senti.prepare import normalise_text
+from senti.prepare import CJK_PATTERN, normalise_text
 from senti.segment import Segmenter
-from senti.vocab import load_vocab
+from senti.vocab import OOV_ID, load_vocab
 
 TEXT_COLUMN = "text"
 MAX_BATCH = 256
 # Only the first ``maxlen`` tokens are used; jieba averages < 2 characters per token, so
-# segmenting more than this many characters per token slot is wasted work on huge inputs.
+# reading more than this many characters per token slot is wasted work on huge inputs.
 CHARS_PER_TOKEN_SLOT = 8
+# A prediction's ``flag``, most severe first. The first two leave ``label`` and
+# ``probability`` empty: the model has nothing it knows to judge.
+NO_CHINESE = "no_chinese"  # not one Chinese character in what the model reads
+NO_KNOWN_TOKENS = "no_known_tokens"  # every token out of the vocabulary
+LOW_COVERAGE = "low_coverage"  # known share below serve.min_known_share
+OK = "ok"
+_CJK = re.compile(CJK_PATTERN)
 
 
 class InvalidInputError(ValueError):
@@ -46,7 +56,7 @@ def check_texts(values: Sequence[object]) -> list[str]:
             problems.append(f"row {row}: text is null")
         elif not isinstance(value, str):
             problems.append(f"row {row}: text must be a string, got {type(value).__name__}")
-        elif not value.strip():
+        elif not value or value.isspace():  # no copy of a huge text, unlike strip()
             problems.append(f"row {row}: text is empty or whitespace only")
     if problems:
         shown = "; ".join(problems[:10])
@@ -56,27 +66,36 @@ def check_texts(values: Sequence[object]) -> list[str]:
 
 
 class Predictor:
-    """Loads a trained model's artifacts once and classifies batches of raw texts."""
+    """Loads a trained model's artifacts once and classifies batches of raw texts.
+
+    A text is read up to ``max_chars`` (``maxlen`` * :data:`CHARS_PER_TOKEN_SLOT`)
+    characters, clipped before it is normalised, so a huge text costs what a long one does.
+    """
 
     def __init__(self, model_file: Path | str, vocab_file: Path | str, labels_file: Path | str,
-                 maxlen: int, user_dict: Path | str | None = None) -> None:
+                 maxlen: int, user_dict: Path | str | None = None,
+                 min_known_share: float = 0.0) -> None:
         self.model = load_model(model_file)
         self.vocab = load_vocab(Path(vocab_file))
         self.labels: list[str] = json.loads(Path(labels_file).read_text(encoding="utf-8"))
         self.maxlen = maxlen
+        self.max_chars = maxlen * CHARS_PER_TOKEN_SLOT
+        self.min_known_share = min_known_share  # below it: flagged low_coverage
         self.segmenter = Segmenter(user_dict)
         self._infer = compile_inference(self.model)
 
     def encode(self, text: str) -> list[int]:
-        clipped = normalise_text(text)[: self.maxlen * CHARS_PER_TOKEN_SLOT]
-        return self.vocab.encode(self.segmenter.cut(clipped), self.maxlen)
+        """The token ids the model reads of ``text`` (never empty; unknown tokens OOV)."""
+        read = normalise_text(text, self.max_chars)[: self.max_chars]  # NFKC can expand
+        return self.vocab.encode(self.segmenter.cut(read), self.maxlen)
 
     def _infer_batch(self, seqs: list[list[int]]) -> np.ndarray:
         """Probabilities of one batch of encoded texts, padded to its longest."""
         return self._infer(pad_batch(seqs)).numpy()
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, one row per text, columns in ``self.labels`` order.
+    def score(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
+        """Class probabilities, one row per text, columns in ``self.labels`` order, and the
+        token ids each text was read as.
 
         Texts are batched by character length (a cheap proxy for token count, so batches
         carry little padding). While TensorFlow, which releases the GIL, classifies one batch
@@ -85,27 +104,47 @@ class Predictor:
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = [order[i:i + MAX_BATCH] for i in range(0, len(order), MAX_BATCH)]
         proba = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        encoded: list[list[int]] = [[] for _ in texts]
+
+        def encode_rows(rows: np.ndarray) -> list[list[int]]:
+            for i in rows:
+                encoded[i] = self.encode(texts[i])
+            return [encoded[i] for i in rows]
+
         if len(batches) == 1:
-            proba[order] = self._infer_batch([self.encode(texts[i]) for i in order])
-            return proba
+            proba[order] = self._infer_batch(encode_rows(order))
+            return proba, encoded
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="senti-infer") as model_thread:
-            pending = [(rows, model_thread.submit(
-                self._infer_batch, [self.encode(texts[i]) for i in rows])) for rows in batches]
+            pending = [(rows, model_thread.submit(self._infer_batch, encode_rows(rows)))
+                       for rows in batches]
             for rows, future in pending:
                 proba[rows] = future.result()
-        return proba
+        return proba, encoded
 
     def predict(self, texts: Sequence[object]) -> pd.DataFrame:
-        """``label``, ``probability`` (of that label) and ``prob_<label>`` for every class."""
-        proba = self.predict_proba(check_texts(texts)) if len(texts) else np.zeros(
-            (0, len(self.labels)), dtype=np.float32)
+        """Per text: ``label`` and ``probability`` (of that label), ``prob_<label>`` for every
+        class, ``known_share`` (share of the tokens read that are in the vocabulary) and
+        ``flag`` (:data:`OK`, :data:`LOW_COVERAGE`, :data:`NO_KNOWN_TOKENS`,
+        :data:`NO_CHINESE`). The last two leave ``label`` and ``probability`` empty (None);
+        the ``prob_<label>`` columns always hold the model's raw output."""
+        checked = check_texts(texts)
+        proba, encoded = self.score(checked)
+        known = np.array([np.mean(np.asarray(ids) != OOV_ID) for ids in encoded], dtype=float)
+        chinese = np.array([_CJK.search(t[: self.max_chars]) is not None for t in checked],
+                           dtype=bool)
+        flags = np.select([~chinese, known == 0, known < self.min_known_share],
+                          [NO_CHINESE, NO_KNOWN_TOKENS, LOW_COVERAGE], OK)
+        judged = chinese & (known > 0)
         best = proba.argmax(axis=1)
-        frame = pd.DataFrame({
-            "label": [self.labels[i] for i in best],
-            "probability": proba[np.arange(len(best)), best].astype(float),
+        top = proba[np.arange(len(best)), best].astype(float)
+        frame = pd.DataFrame({  # object columns: a declined row holds None (JSON null), not NaN
+            "label": pd.Series([self.labels[b] for b in best], dtype=object).where(judged, None),
+            "probability": pd.Series(top, dtype=object).where(judged, None),
         })
         for j, label in enumerate(self.labels):
             frame[f"prob_{label}"] = proba[:, j].astype(float)
+        frame["known_share"] = known
+        frame["flag"] = flags.astype(object)
         return frame
 
 
@@ -128,14 +167,27 @@ def _texts_of(model_input: object) -> list[object]:
 class SentimentPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper around :class:`Predictor` (artifacts: model, vocab, labels...)."""
 
+    max_rows: int | None = None  # rows one predict call may carry (None: any)
+
     def load_context(self, context) -> None:
         artifacts = context.artifacts
         config = json.loads(Path(artifacts["serving_config"]).read_text(encoding="utf-8"))
         self.predictor = Predictor(artifacts["model"], artifacts["vocab"], artifacts["labels"],
                                    maxlen=config["maxlen"], user_dict=artifacts.get("user_dict"))
 
+    def configure(self, min_known_share: float, max_rows: int | None = None) -> None:
+        """Apply params.yaml's ``serve`` section to the loaded model: the low-coverage
+        threshold, and for a server the rows one request may carry."""
+        self.predictor.min_known_share = min_known_share
+        self.max_rows = max_rows
+
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:
-            return self.predictor.predict(_texts_of(model_input))
+            texts = _texts_of(model_input)
+            if self.max_rows is not None and len(texts) > self.max_rows:
+                raise InvalidInputError(
+                    f"{len(texts)} rows in one request; the limit is {self.max_rows} "
+                    "(serve.max_rows_per_request): split the request")
+            return self.predictor.predict(texts)
         except InvalidInputError as exc:  # a 400 from the scoring server, not a 500
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc

@@ -10,13 +10,17 @@ Run tags (one retrain = one run):
 - ``jieba.version``, ``vocab.sha256``: the segmenter and the exact vocabulary;
 - ``prefect.flow_run_id``, ``prefect.deployment``: the orchestration run;
 - ``senti.inputs_fingerprint``: a hash of every input
-  (:func:`senti.versioning.inputs_fingerprint`).
+  (:func:`senti.versioning.inputs_fingerprint`);
+- ``senti.policy_overrides``, ``senti.policy_reason``: only on a run whose per-run params
+  loosened the checked-in validation or promotion policy;
+- ``senti.drift``: the features in which the run's data drifted from the champion's
+  (:mod:`senti.drift`), or ``none``; absent when there was nothing to compare with.
 
 Model-version tags: the fingerprint, ``git.commit``, ``vocab.sha256``, ``prefect.flow_run_id``,
-``senti.validation``, and the ``promote.*`` record of the latest gate decision on the version,
-including ``promote.previous_champion``: the champion a promotion replaced, which
-:func:`senti.registry.rollback` follows. Nothing is written as a registered-model tag
-(MLflow's SQL schema caps those at 5,000 characters).
+``senti.validation``, ``senti.labels``, the policy-override tags, and the ``promote.*``
+record of the latest gate decision on the version, including ``promote.previous_champion``:
+the champion a promotion replaced, which :func:`senti.registry.rollback` follows. Nothing is
+written as a registered-model tag (MLflow's SQL schema caps those at 5,000 characters).
 """
 
 from __future__ import annotations
@@ -38,12 +42,20 @@ VOCAB_SHA256: Final = "vocab.sha256"
 PREFECT_FLOW_RUN: Final = "prefect.flow_run_id"
 PREFECT_DEPLOYMENT: Final = "prefect.deployment"
 FINGERPRINT: Final = "senti.inputs_fingerprint"
+# a run whose `--set` loosened the checked-in validation or promotion policy (needs --force):
+# JSON {"section.key": [checked-in, effective]}, and the operator's reason
+POLICY_OVERRIDES: Final = "senti.policy_overrides"
+POLICY_REASON: Final = "senti.policy_reason"
+DRIFT: Final = "senti.drift"  # comma-separated drifted features, or NONE
 
 # model-version tags
 VALIDATION: Final = "senti.validation"  # "passed" | "failed": the training data's validation
-VERSION_TAGS: Final = (FINGERPRINT, GIT_COMMIT, VOCAB_SHA256, PREFECT_FLOW_RUN)  # from the run
+LABELS: Final = "senti.labels"  # JSON list: the label set, in class-index order
+VERSION_TAGS: Final = (FINGERPRINT, GIT_COMMIT, VOCAB_SHA256, PREFECT_FLOW_RUN,  # from the run
+                       POLICY_OVERRIDES, POLICY_REASON)
 PROMOTE_PREFIX: Final = "promote."
-DECISION: Final = "promote.decision"  # promoted | rejected | forced | rollback
+# promoted | rejected | forced | policy-overridden | rollback
+DECISION: Final = "promote.decision"
 REASON: Final = "promote.reason"
 DECIDED_AT: Final = "promote.time"
 DECISION_FLOW_RUN: Final = "promote.flow_run_id"  # the Prefect run that decided
@@ -59,3 +71,6 @@ DVC_LOCK_ARTIFACT: Final = "lineage/dvc.lock"
 DECISIONS_TABLE: Final = "promotion/decisions.json"  # every gate decision and rollback
 BEHAVIOUR_TABLE: Final = "promotion/behaviour.json"
 MODEL_NAME: Final = "model"  # the logged model's name within its run
+DRIFT_PROFILE: Final = "drift/profile.json"  # its data and test predictions, summarised
+DRIFT_REPORT: Final = "drift/report.json"  # its data against the champion's...
+DRIFT_REPORT_MD: Final = "drift/report.md"  # ...and the same as markdown

@@ -48,7 +48,9 @@ def make_dataset(
     otherwise every batch is padded to ``maxlen`` (the naive pipeline, kept for benchmarks).
     ``token_dropout`` replaces that share of tokens by OOV (training only: it teaches the
     model not to lean on single rare words). Order is preserved when neither shuffling nor
-    bucketing.
+    bucketing. Every random choice (order, bucket mixing, dropped tokens, new ones each epoch)
+    follows ``seed``: the same arguments give the same batches in every process, whatever
+    the threads of the parallel map do.
     """
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if lengths.size and (lengths.min() < 1 or lengths.max() > maxlen):
@@ -59,16 +61,26 @@ def make_dataset(
     onehot = tf.one_hot(tf.constant(labels, dtype=tf.int32), num_classes)
 
     def element(i):
-        ids = flat[starts[i]:starts[i] + lengths_t[i]]
-        if token_dropout > 0:
-            dropped = tf.random.uniform(tf.shape(ids), seed=seed) < token_dropout
-            ids = tf.where(dropped, tf.constant(OOV_ID, tf.int32), ids)
-        return ids, onehot[i]
+        return flat[starts[i]:starts[i] + lengths_t[i]], onehot[i]
+
+    def drop_tokens(i, draw):
+        ids, label = element(i)
+        noise = tf.random.stateless_uniform(
+            tf.shape(ids), seed=[tf.constant(seed, tf.int64), draw])
+        return tf.where(noise < token_dropout, tf.constant(OOV_ID, tf.int32), ids), label
 
     ds = tf.data.Dataset.range(len(sequences))
     if shuffle:
         ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if token_dropout > 0:
+        # One draw per text and epoch, taken in the pipeline's order, seeds a stateless mask:
+        # a stateful random op in the parallel map would hand each text whichever number
+        # its thread reached first (different weights on every run).
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, draws).map(
+            drop_tokens, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if bucketed:
         edges = bucket_boundaries(maxlen)
         ds = ds.bucket_by_sequence_length(
@@ -181,8 +193,14 @@ def train_model(
     :mod:`senti.embeddings`) replaces the random initial embedding. The best epoch's weights
     are kept. ``backup_dir`` holds the state of an unfinished run:
     started again with the same configuration and data, training resumes where it stopped.
+
+    With ``train_params.deterministic`` TensorFlow's op determinism is on: the same inputs,
+    params and seed give bit-identical weights on the same kind of machine, however loaded
+    (an uninterrupted run, that is: a resumed one starts its data order afresh).
     """
-    keras.utils.set_random_seed(train_params.seed)
+    keras.utils.set_random_seed(train_params.seed)  # Python, NumPy, TensorFlow and Keras
+    if train_params.deterministic:  # for the rest of the process: TF cannot switch it off
+        tf.config.experimental.enable_op_determinism()
     config = {"model": model_params.model_dump(), "train": train_params.model_dump(),
               "data": data_fingerprint, "vocab_size": vocab_size, "classes": num_classes}
     _prepare_backup_dir(backup_dir, sha256_bytes(json.dumps(config, sort_keys=True).encode()))

@@ -1,5 +1,6 @@
 """DVC, and only here: run stages, read dvc.lock, push to and fetch from the remote, read
-cache objects, hash data the way DVC does.
+cache objects, hash data the way DVC does, read and write a file beside the data in the
+remote (the lineage ledger, :mod:`senti.ledger`).
 
 Everything else in senti sees plain Python values (stage names, ``path -> md5`` mappings,
 file paths of cache objects); nothing else imports ``dvc``.
@@ -21,6 +22,7 @@ import yaml
 from senti.io import sha256_bytes
 
 if TYPE_CHECKING:
+    from dvc.fs import FileSystem
     from dvc.repo import Repo
     from dvc_data.hashfile.db import HashFileDB
 
@@ -34,6 +36,11 @@ DVC_LOCK = "dvc.lock"
 def _repo(root: Path | str) -> Repo:
     from dvc.repo import Repo
 
+    # DVC's import prints its INFO records ("Running stage", "Updating lock file") straight
+    # to stdout; senti reports stage progress itself, so they go to the log like any library's
+    dvc_logger = logging.getLogger("dvc")
+    dvc_logger.handlers.clear()
+    dvc_logger.propagate = True
     return Repo(str(root))  # a context manager: ``with _repo(root) as repo``
 
 
@@ -41,6 +48,20 @@ def stages(root: Path | str) -> list[str]:
     """The pipeline's stage names in dvc.yaml order: the one list of stages."""
     tree = yaml.safe_load((Path(root) / DVC_YAML).read_text(encoding="utf-8")) or {}
     return list(tree.get("stages", {}))
+
+
+def outputs(root: Path | str) -> list[str]:
+    """Every output path the pipeline writes (outs, metrics and plots of every stage),
+    relative to the project root, in dvc.yaml order."""
+    with _repo(root) as repo:
+        return [str(out.def_path) for stage in repo.index.stages for out in stage.outs]
+
+
+def remote_url(root: Path | str) -> str | None:
+    """The URL of the project's default DVC remote (None: no default remote)."""
+    with _repo(root) as repo:
+        name = repo.config["core"].get("remote")
+        return repo.config["remote"].get(name, {}).get("url") if name else None
 
 
 class StageError(RuntimeError):
@@ -207,3 +228,52 @@ def fetch(root: Path | str, oids: Iterable[str]) -> list[str]:
         # the objects, then the files listed by the directory manifests among them
         return pull(wanted) + pull(entry for oid in wanted if oid.endswith(".dir")
                                    for _, entry in _entries(cache, oid))
+
+
+# ---- files beside the data in the default remote, for the lineage ledger ---------------------
+# The remote holds DVC's objects under ``files/md5/``; a file written here lives next to them,
+# outside the object store (``dvc gc --cloud`` only prunes objects), with the remote's own
+# access control: whoever may write MLflow need not be able to write here.
+
+class NoRemote(LookupError):
+    """The project is no DVC repository, or has no default remote."""
+
+
+def _remote_file(repo: Repo, relpath: str) -> tuple[FileSystem, str]:
+    """The default remote's filesystem and the path of ``relpath`` (``/``-separated) in it."""
+    if not repo.config["core"].get("remote"):
+        raise NoRemote(f"{repo.root_dir} has no default DVC remote (dvc remote add -d)")
+    remote = repo.cloud.get_remote()
+    return remote.fs, remote.fs.join(remote.path, *relpath.split("/"))
+
+
+def _remote_repo(root: Path | str) -> Repo:
+    from dvc.exceptions import NotDvcRepoError
+
+    try:
+        return _repo(root)
+    except NotDvcRepoError as exc:
+        raise NoRemote(f"{root} is no DVC repository") from exc
+
+
+def read_remote_file(root: Path | str, relpath: str) -> tuple[str, bytes | None]:
+    """Where ``relpath`` lives in the project's default remote (a URL or path, for messages)
+    and its content, None when the remote has no such file. :class:`NoRemote` without one."""
+    with _remote_repo(root) as repo:
+        fs, path = _remote_file(repo, relpath)
+        try:
+            return fs.unstrip_protocol(path), fs.cat_file(path)
+        except FileNotFoundError:
+            return fs.unstrip_protocol(path), None
+
+
+def write_remote_file(root: Path | str, relpath: str, data: bytes) -> None:
+    """Replace ``relpath`` in the project's default remote with ``data``: written under a
+    temporary name, then moved into place, so a reader sees the old or the new content, never
+    a part. :class:`NoRemote` without a default remote."""
+    with _remote_repo(root) as repo:
+        fs, path = _remote_file(repo, relpath)
+        fs.makedirs(fs.parent(path), exist_ok=True)
+        partial = f"{path}.{os.getpid()}.partial"
+        fs.pipe_file(partial, data)
+        fs.mv(partial, path)

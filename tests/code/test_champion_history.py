@@ -77,18 +77,18 @@ def test_thirty_promotions_then_rollbacks_walk_back_the_chain(store):
     name, started = store, time.perf_counter()
     for n in range(1, PROMOTIONS + 1):
         version = register(name)
-        registry.record_decision(name, judged(version, champion(name)), f"run-{n}")
+        registry.record_decision(None, name, judged(version, champion(name)), f"run-{n}")
         assert champion(name) == version == str(n)
     assert version_tags(name, "1")[tags.PREVIOUS_CHAMPION] == "none"
     for n in range(2, PROMOTIONS + 1):
         assert version_tags(name, str(n))[tags.PREVIOUS_CHAMPION] == str(n - 1)
     # a former champion judged again and rejected keeps the predecessor of its reign
-    registry.record_decision(name, judged("28", "30", better=False), "run-regate")
+    registry.record_decision(None, name, judged("28", "30", better=False), "run-regate")
     assert version_tags(name, "28")[tags.DECISION] == "rejected"
     assert version_tags(name, "28")[tags.PREVIOUS_CHAMPION] == "27"
 
     for current, previous in (("30", "29"), ("29", "28"), ("28", "27")):
-        record = registry.rollback(name, f"{current} is broken", "run-back")
+        record = registry.rollback(None, name, f"{current} is broken", "run-back")
         assert (record.from_version, record.to_version) == (current, previous)
         assert champion(name) == previous
         restored = version_tags(name, previous)
@@ -101,13 +101,13 @@ def test_thirty_promotions_then_rollbacks_walk_back_the_chain(store):
 
     # a new champion replaces the restored one; rolling it back skips 28..30 for good
     newest = register(name)
-    registry.record_decision(name, judged(newest, champion(name)), "run-new")
+    registry.record_decision(None, name, judged(newest, champion(name)), "run-new")
     assert version_tags(name, newest)[tags.PREVIOUS_CHAMPION] == "27"
-    assert registry.rollback(name, "newest is broken", None).to_version == "27"
+    assert registry.rollback(None, name, "newest is broken", None).to_version == "27"
     for expected in range(26, 0, -1):
-        assert registry.rollback(name, "walk back", None).to_version == str(expected)
+        assert registry.rollback(None, name, "walk back", None).to_version == str(expected)
     with pytest.raises(gate.PromotionError, match="no earlier champion"):
-        registry.rollback(name, "again", None)
+        registry.rollback(None, name, "again", None)
     assert champion(name) == "1"
     assert [r["decision"] for r in lineage.decisions(name, "1")] == ["promoted", "rollback"]
     assert MlflowClient().get_registered_model(name).tags == {}
@@ -117,11 +117,11 @@ def test_thirty_promotions_then_rollbacks_walk_back_the_chain(store):
 def test_rollback_refuses_a_champion_senti_did_not_promote(store):
     name = store
     with pytest.raises(gate.PromotionError, match="no @champion"):
-        registry.rollback(name, "nothing yet", None)
+        registry.rollback(None, name, "nothing yet", None)
     first = register(name)
-    registry.record_decision(name, judged(first, None), None)
+    registry.record_decision(None, name, judged(first, None), None)
     outside = register(name)
     MlflowClient().set_registered_model_alias(name, tags.CHAMPION, outside)
     with pytest.raises(gate.PromotionError, match="moved outside senti"):
-        registry.rollback(name, "x", None)
+        registry.rollback(None, name, "x", None)
     assert champion(name) == outside

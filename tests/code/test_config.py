@@ -63,11 +63,9 @@ def test_unknown_and_missing_keys_are_rejected(tmp_path):
         load_params(tmp_path)
 
 
-def test_write_overrides_keeps_comments_and_returns_original(tmp_path):
-    original = (REPO / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(original)
-    returned = write_overrides(tmp_path, {"train.epochs": 1})
-    assert returned == original
+def test_write_overrides_keeps_comments(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_overrides(tmp_path, {"train.epochs": 1})
     written = (tmp_path / "params.yaml").read_text()
     assert "# The single source of truth" in written
     assert load_params(tmp_path).train.epochs == 1
@@ -97,3 +95,33 @@ def test_layout_reads_the_paths_section(tmp_path):
     assert layout.model_file.parent == REPO / params.paths.model_dir
     with pytest.raises(AttributeError):
         layout.no_such_path  # noqa: B018
+
+
+def test_only_overrides_that_loosen_the_policy_count_as_loosened():
+    from senti.config import apply_overrides, loosened, parse_params
+
+    checked_in = load_params(REPO)
+
+    def run_with(**overrides):
+        return loosened(checked_in, parse_params(apply_overrides(checked_in.raw, overrides)))
+
+    assert run_with(**{"train.epochs": 1, "data.sample_size": 100}) == {}  # not policy
+    assert run_with(**{"promote.min_delta": 0.01, "validate.min_rows": 5000,
+                       "promote.alpha": 0.1}) == {}  # stricter
+    old = checked_in.promote.min_delta
+    assert run_with(**{"promote.min_delta": -1}) == {"promote.min_delta": (old, -1)}
+    assert set(run_with(**{"promote.require_beat_baseline": False,
+                           "validate.max_class_share": 0.99, "validate.min_rows": 10})) == {
+        "promote.require_beat_baseline", "validate.max_class_share", "validate.min_rows"}
+
+
+def test_a_fixed_project_root_cannot_be_moved_by_a_run(tmp_path, monkeypatch):
+    from senti.config import ROOT_ENV, project_root
+
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    assert project_root(tmp_path) == tmp_path.resolve()
+    monkeypatch.setenv(ROOT_ENV, str(REPO))
+    assert project_root(None) == REPO.resolve()
+    assert project_root(REPO) == REPO.resolve()
+    with pytest.raises(ParamsError, match=r"this deployment runs the project at .* only"):
+        project_root(tmp_path)

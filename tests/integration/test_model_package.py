@@ -64,5 +64,6 @@ def test_registered_model_needs_no_installed_senti(trained_project, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(result["senti"]).is_relative_to(model_dir / "code" / "senti")
-    assert result["columns"] == ["label", "probability", "prob_negative", "prob_positive"]
+    assert result["columns"] == ["label", "probability", "prob_negative", "prob_positive",
+                                 "known_share", "flag"]
     assert set(result["labels"]) <= {"negative", "positive"}

@@ -181,33 +181,35 @@ def test_cli_promote_and_rollback_errors(second):
     assert registry.alias_version(NAME, "champion") == champion
 
 
-def test_batch_predict_flow_writes_version_in_every_row(second, tmp_path):
+def test_batch_predict_flow_writes_version_in_every_row(second):
     root, _ = second
     champion = registry.alias_version(NAME, "champion")
-    source = tmp_path / "in.csv"
+    data = root / "data"  # batch prediction reads and writes under serve.batch_dirs only
+    source = data / "in.csv"
     pd.DataFrame({"id": [1, 2, 3, 4], "review": [
         "质量很好，物流也快", "太差了，再也不买了", "這個手機很好用", "quality 很差 😡"]}).to_csv(
         source, index=False)
-    out = tmp_path / "out" / "predictions.csv"
+    out = data / "out" / "predictions.csv"
     report = batch_predict(str(source), str(out), root=str(root), text_column="review")
     assert report["rows"] == 4 and report["model_version"] == champion
     result = pd.read_csv(out, dtype={"model_version": str})
     assert list(result.columns) == ["id", "review", "label", "probability", "prob_negative",
-                                    "prob_positive", "model_version"]
+                                    "prob_positive", "known_share", "flag", "model_version"]
     assert result["id"].tolist() == [1, 2, 3, 4]
     assert (result["model_version"] == champion).all()
-    assert set(result["label"]) <= {"negative", "positive"}
+    assert set(result["label"].dropna()) <= {"negative", "positive"}
     # the same through the CLI; a bad row is named, and nothing half-written is reported as done
     runner = CliRunner()
     ok = runner.invoke(app, ["predict", "--input", str(source), "--output",
-                             str(tmp_path / "cli.csv"), "--text-column", "review",
+                             str(data / "cli.csv"), "--text-column", "review",
                              "--root", str(root)])
-    assert ok.exit_code == 0 and f"4 rows -> {tmp_path / 'cli.csv'}" in ok.output
-    assert pd.read_csv(tmp_path / "cli.csv")["label"].tolist() == result["label"].tolist()
-    bad = tmp_path / "bad.csv"
+    assert ok.exit_code == 0 and f"4 rows -> {data / 'cli.csv'}" in ok.output
+    assert pd.read_csv(data / "cli.csv")["label"].dropna().tolist() == \
+        result["label"].dropna().tolist()
+    bad = data / "bad.csv"
     bad.write_text("text\n质量很好\n\"  \"\n", encoding="utf-8")
     failed = runner.invoke(app, ["predict", "--input", str(bad), "--output",
-                                 str(tmp_path / "bad_out.csv"), "--root", str(root)])
+                                 str(data / "bad_out.csv"), "--root", str(root)])
     assert failed.exit_code == 1 and "row 1: text is empty" in failed.output
     usage = runner.invoke(app, ["predict", "--input", str(source), "--root", str(root)])
     assert usage.exit_code == 2
@@ -251,7 +253,7 @@ def test_senti_serve_answers_over_http_and_survives_bad_input(second):
                                                           {"text": "太差了，再也不买了"}]})
         assert status == 200 and len(body["predictions"]) == 2
         assert set(body["predictions"][0]) == {"label", "probability", "prob_negative",
-                                               "prob_positive"}
+                                               "prob_positive", "known_share", "flag"}
         status, body = _post(port, {"inputs": ["质量很好"]})
         assert status == 200 and len(body["predictions"]) == 1
         odd = ["x" * 100_000, "😊😊😊", "這個手機很好用", "quality 很差, not recommended"]

@@ -71,7 +71,8 @@ def test_registered_pyfunc_predicts_raw_text(trained):
     registry.configure(load_context(root)[1], "senti")
     model = mlflow.pyfunc.load_model(result["model_uri"])
     out = model.predict(pd.DataFrame({"text": ["质量很好，物流也快", "太差了，再也不买了"]}))
-    assert list(out.columns) == ["label", "probability", "prob_negative", "prob_positive"]
+    assert list(out.columns) == ["label", "probability", "prob_negative", "prob_positive",
+                                 "known_share", "flag"]
     assert set(out["label"]) <= {"negative", "positive"}
     assert ((out["prob_negative"] + out["prob_positive"]).round(5) == 1).all()
 
@@ -98,7 +99,7 @@ def test_invalid_data_stops_flow_and_keeps_outputs(trained, tmp_path):
     with pytest.raises(StageFailed) as failure:
         retrain(root=str(root), overrides={"data.source": "bad.csv"})
     message = str(failure.value)
-    assert "validate" in message and "cjk_share" in message
+    assert "data validation failed" in message and "cjk_share" in message
     assert (root / "params.yaml").read_text() == params_before  # override undone
     assert {p: sha256_file(p) for p in before} == before
     registry.configure(layout, "senti")

@@ -129,12 +129,12 @@ def _trigger(name: str, **parameters):
     return run_deployment(name, parameters=parameters or None, timeout=600, poll_interval=1)
 
 
-def test_served_deployments_carry_the_declared_schedule_and_root(served, project):
+def test_served_deployments_carry_the_declared_schedule_and_no_root(served, project):
     built = {d.name: d for d in deployments.deployments(project)}
     for name, declared in built.items():
         deployment = _deployment(f"{declared.flow_name}/{name}")
         assert deployment.parameters == declared.parameters
-        assert deployment.parameters["root"] == str(project)
+        assert "root" not in deployment.parameters  # fixed when served, not per run
         assert not deployment.paused
     nightly = _deployment(RETRAIN)
     assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == \
@@ -196,6 +196,14 @@ def test_deployment_overrides_are_rejected_like_set(served, project):
     assert len(_versions(project)) == versions
 
 
+def test_a_run_cannot_point_a_deployment_at_another_directory(served, project, tmp_path):
+    versions = len(_versions(project))
+    run = _trigger(RETRAIN, root=str(tmp_path))
+    assert run.state.type == StateType.FAILED
+    assert f"this deployment runs the project at {project} only" in run.state.message
+    assert len(_versions(project)) == versions
+
+
 def test_sigint_stops_serving_cleanly_and_a_restart_resumes(served, project):
     assert served.stop(signal.SIGINT) == 0, served.output
     assert served.output.rstrip().endswith("senti schedule stopped.")
@@ -214,18 +222,18 @@ def test_deploy_to_a_process_pool_and_a_worker_runs_it(project, prefect_harness,
         return done.stdout
 
     run("prefect", "work-pool", "create", "--type", "process", deployments.POOL, "--overwrite")
-    assert "3 deployment(s) registered" in run("senti", "deploy", "--root", str(project))
+    assert "4 deployment(s) registered" in run("senti", "deploy", "--root", str(project))
     for declared in deployments.deployments(project):
         deployment = _deployment(f"{declared.flow_name}/{declared.name}")
         assert deployment.work_pool_name == deployments.POOL
         assert deployment.entrypoint == declared.entrypoint
         assert deployment.parameters == declared.parameters
     # a worker of the pool runs a deployment (the cheap one: batch prediction)
-    texts = tmp_path / "texts.csv"
+    texts = project / "data" / "texts.csv"  # the runs may use files under data/ only
     pd.DataFrame({"text": ["质量很好，物流也快", "太差了"]}).to_csv(texts, index=False)
-    out = tmp_path / "predicted.csv"
+    out = project / "data" / "predicted.csv"
     flow_run = run_deployment("batch-predict/batch-predict", timeout=0, parameters={
-        "input_csv": str(texts), "output_csv": str(out), "version": "1"})
+        "input_csv": "data/texts.csv", "output_csv": "data/predicted.csv", "version": "1"})
     run("prefect", "worker", "start", "--pool", deployments.POOL, "--run-once", timeout=300)
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
@@ -263,7 +271,7 @@ def test_without_an_api_url_a_local_server_schedules_the_cron_runs(project, tmp_
                 time.sleep(1)
         starts = sorted(r.expected_start_time.astimezone(UTC) for r in runs)
         assert starts[:3] == expected, served.output
-        assert all(r.parameters["root"] == str(project) for r in runs)
+        assert all(r.parameters == {"overrides": {}} for r in runs)
     finally:
         assert served.stop(signal.SIGINT) == 0, served.output
     assert served.output.rstrip().endswith("senti schedule stopped.")

@@ -1,47 +1,91 @@
-"""The inference path on a tiny (untrained) model: shapes, order, and bad input."""
+"""The inference path on a tiny (untrained) model: shapes, order, bad input, what the model
+reads of a text, out-of-domain flags, and the request limits of a server."""
 
+import asyncio
+import io
 import json
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.scoring_server import predictions_to_json
 
-from senti.config import ModelParams
-from senti.model import build_model
-from senti.serve import InvalidInputError, Predictor, _texts_of
-from senti.vocab import build_vocab, save_vocab
+from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
+from senti.prepare import normalise_text
+from senti.serve import InvalidInputError, SentimentPyfunc, _texts_of
+from senti.server import BodyLimit
+from tests.conftest import REPO
+from tests.model.conftest import LABELS
 
-LABELS = ["negative", "positive"]
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    root = tmp_path_factory.mktemp("model")
-    model = build_model(40, 2, ModelParams(embed_dim=8, lstm_units=4, dropout=0.1,
-                                           spatial_dropout=0.1, maxlen=16))
-    model.save(root / "model.keras")
-    save_vocab(build_vocab([["质量", "很", "好"], ["太", "差", "了"]], 1, 40), root / "vocab.json")
-    (root / "labels.json").write_text(json.dumps(LABELS))
-    return Predictor(root / "model.keras", root / "vocab.json", root / "labels.json", maxlen=16)
+PREDICTION_COLUMNS = ["label", "probability", "prob_negative", "prob_positive", "known_share",
+                      "flag"]
 
 
-def test_predictions_have_label_probability_and_class_columns(predictor):
+def test_predictions_have_label_probabilities_and_coverage(predictor):
     out = predictor.predict(["质量很好", "太差了", "Nice 质量 😀", "質量很好", "🙂🙂"])
-    assert list(out.columns) == ["label", "probability", "prob_negative", "prob_positive"]
-    assert len(out) == 5 and set(out["label"]) <= set(LABELS)
+    assert list(out.columns) == PREDICTION_COLUMNS
+    assert len(out) == 5 and set(out["label"].dropna()) <= set(LABELS)
     np.testing.assert_allclose(out["prob_negative"] + out["prob_positive"], 1, atol=1e-5)
+    assert out["known_share"].between(0, 1).all()
 
 
 def test_batch_order_matches_single_predictions(predictor):
     texts = ["质量很好，物流也快，非常满意", "差", "一般般吧"]
-    batch = predictor.predict_proba(texts)
-    singles = np.concatenate([predictor.predict_proba([t]) for t in texts])
+    batch, _ = predictor.score(texts)
+    singles = np.concatenate([predictor.score([t])[0] for t in texts])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
 
 
 def test_huge_text_is_clipped_not_rejected(predictor):
-    out = predictor.predict(["好" * 100_000])
-    assert out["label"].iloc[0] in LABELS
+    out = predictor.predict(["质量很好" * 100_000])
+    assert out["label"].iloc[0] in LABELS and out["flag"].iloc[0] == "ok"
+
+
+def test_raw_text_is_clipped_before_it_is_normalised(predictor):
+    # normalising first would collapse the spaces and read 差 too
+    text = "好" + "\u3000" * predictor.max_chars + "差"
+    assert "差" in normalise_text(text)
+    assert predictor.encode(text) == predictor.encode("好")
+
+
+def test_a_huge_text_costs_what_a_long_one_does(predictor):
+    huge = "好，" * 20_000_000  # 40M characters: normalising them all takes seconds
+    started = time.perf_counter()
+    out = predictor.predict([huge])
+    assert time.perf_counter() - started < 2.0
+    assert out["flag"].iloc[0] == "ok"
+
+
+@pytest.mark.parametrize("text, flag, known_share, judged", [
+    ("质量很好", "ok", 1.0, True),
+    ("质量很好😀😀", "low_coverage", 0.6, True),  # 质量 很 好 known, the emoji not
+    ("齉龘", "no_known_tokens", 0.0, False),
+    ("hello world", "no_chinese", 0.0, False),
+    ("🙂🙂", "no_chinese", 0.0, False),
+    ("a" * 128 + "好", "no_chinese", 0.0, False),  # 好 lies past what the model reads
+])
+def test_out_of_domain_texts_are_flagged_without_a_label(predictor, monkeypatch, text, flag,
+                                                         known_share, judged):
+    monkeypatch.setattr(predictor, "min_known_share", 0.7)
+    row = predictor.predict([text]).iloc[0]
+    assert row["flag"] == flag
+    assert row["known_share"] == pytest.approx(known_share)
+    assert (row["label"] in LABELS) is judged
+    assert (row["probability"] is not None) is judged
+    assert row["prob_negative"] + row["prob_positive"] == pytest.approx(1, abs=1e-5)
+
+
+def test_a_flagged_row_is_null_in_the_servers_json(predictor):
+    buffer = io.StringIO()
+    predictions_to_json(predictor.predict(["hello", "质量很好"]), buffer)
+
+    def no_nan(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+    rows = json.loads(buffer.getvalue(), parse_constant=no_nan)["predictions"]
+    assert rows[0]["label"] is None and rows[0]["probability"] is None
+    assert rows[0]["flag"] == "no_chinese" and rows[1]["flag"] == "ok"
 
 
 @pytest.mark.parametrize("bad, problem", [
@@ -61,3 +105,74 @@ def test_pyfunc_inputs_need_a_text_column():
     assert _texts_of([{"text": "好"}, {"text": "差"}]) == ["好", "差"]
     with pytest.raises(InvalidInputError, match="'text' column"):
         _texts_of(pd.DataFrame({"review": ["好"]}))
+
+
+def test_a_request_over_the_row_limit_is_refused(predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "min_known_share", predictor.min_known_share)  # restored
+    model = SentimentPyfunc()
+    model.predictor = predictor
+    model.configure(min_known_share=0.5, max_rows=2)
+    assert predictor.min_known_share == 0.5
+    assert len(model.predict(None, pd.DataFrame({"text": ["好", "差"]}))) == 2
+    with pytest.raises(MlflowException, match=r"3 rows in one request; the limit is 2 "
+                                              r"\(serve.max_rows_per_request\)") as refused:
+        model.predict(None, pd.DataFrame({"text": ["好", "差", "太差了"]}))
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # the server answers 400
+
+
+async def _echo(scope, receive, send) -> None:
+    """An ASGI app that reads the whole body and answers with its size."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def _post(chunks: list[bytes], declared: int | None) -> tuple[int, bytes, int]:
+    """POST ``chunks`` through a 100-byte BodyLimit in front of :func:`_echo`: the status,
+    the response body, and how many chunks were read."""
+    pending = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+               for i, chunk in enumerate(chunks)]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    headers = [] if declared is None else [(b"content-length", str(declared).encode())]
+    asyncio.run(BodyLimit(_echo, max_bytes=100)(
+        {"type": "http", "method": "POST", "path": "/invocations", "headers": headers},
+        receive, send))
+    return sent[0]["status"], sent[1]["body"], len(chunks) - len(pending)
+
+
+def test_a_body_within_the_limit_reaches_the_app_whole():
+    assert _post([b"x" * 60, b"x" * 40], declared=None) == (200, b"100", 2)
+
+
+def test_a_declared_body_over_the_limit_is_refused_unread():
+    status, body, read = _post([b"x" * 101], declared=101)
+    assert (status, read) == (413, 0)
+    assert json.loads(body)["message"] == ("request body is 101 bytes; the limit is 100 bytes "
+                                           "(serve.max_body_bytes): send fewer rows per request")
+
+
+def test_a_streamed_body_over_the_limit_is_refused_before_its_end():
+    status, body, read = _post([b"x" * 60, b"x" * 60, b"x" * 60], declared=None)  # chunked
+    assert (status, read) == (413, 2)
+    assert "request body is larger; the limit is 100 bytes" in json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("serve.max_rows_per_request=0", r"serve.max_rows_per_request must be >= 1, got 0"),
+    ("serve.max_body_bytes=1e6", r"serve.max_body_bytes: expected an integer, got 1000000.0"),
+    ("serve.min_known_share=1.5", r"serve.min_known_share must be in \[0, 1\] \(0 = never\)"),
+    ("serve.batch_dirs=[/tmp]", r"serve.batch_dirs.0 must be a relative path inside the project"),
+    ("serve.batch_dirs=[]", r"serve.batch_dirs must name at least one folder"),
+])
+def test_serve_params_are_checked(override, message):
+    with pytest.raises(ParamsError, match=message):
+        apply_overrides(load_params(REPO).raw, parse_overrides([override]))

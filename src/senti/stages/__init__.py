@@ -3,26 +3,75 @@
 A stage module only does I/O: it reads params.yaml and its inputs, calls the library, and
 writes its outputs where params.yaml's ``paths`` say. ``dvc.yaml`` runs it as
 ``python -m senti.stages.<name>`` and lists as dependencies exactly the ``senti`` modules it
-imports, directly or not (tests/code/test_stage_deps.py checks this), so a change to a
+imports, directly or not (tests/code/test_architecture.py checks this), so a change to a
 module reruns precisely the stages that execute it.
+
+A stage started by ``senti retrain`` knows the pid of the run that owns it
+(``SENTI_OWNER_PID``): if that process dies (``kill -9``), the stage exits within a second
+instead of writing outputs under the next run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from senti.config import ParamsError
+from senti.config import STATE_DIR, ParamsError
+
+OWNER_ENV = "SENTI_OWNER_PID"
+# the one-line cause of the last stage failure, for the command that ran the stage
+ERROR_FILE = Path(STATE_DIR) / "stage-error.txt"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no procfs: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _exit_with_owner() -> None:
+    owner = os.environ.get(OWNER_ENV, "")
+    if not owner.isdigit():
+        return
+
+    def watch(pid: int) -> None:
+        while _alive(pid):
+            time.sleep(0.5)
+        os._exit(143)  # no cleanup handlers: the owner's successor restores the workspace
+
+    threading.Thread(target=watch, args=(int(owner),), daemon=True,
+                     name="senti-owner-watch").start()
+
+
+_exit_with_owner()
 
 
 def main(run: Callable[[Path], Any]) -> None:
     """Entry point of ``python -m senti.stages.<name>``: run the stage in the working
     directory; on a known failure print one line naming the stage and the cause, exit 1."""
-    name = run.__module__.rpartition(".")[2]
+    spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
+    name = (spec.name if spec else run.__module__).rpartition(".")[2]
     try:
         run(Path("."))
     except (ParamsError, OSError, ValueError, LookupError) as exc:
-        print(f"stage {name} failed: {exc}", file=sys.stderr)
+        cause = f"stage {name} failed: {exc}"
+        print(cause, file=sys.stderr)
+        ERROR_FILE.parent.mkdir(mode=0o700, exist_ok=True)
+        ERROR_FILE.write_text(cause.splitlines()[0] + "\n", encoding="utf-8")
         raise SystemExit(1) from None

@@ -1,12 +1,15 @@
-"""Stage ``prepare``: clean, de-duplicate and split the validated raw data."""
+"""Stage ``prepare``: clean, de-duplicate and split the validated raw data, without the rows
+validation quarantined."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from senti import prepare
 from senti.config import load_context
-from senti.io import read_json, write_json
+from senti.io import atomic_path, read_json, write_json
 from senti.stages import main
 from senti.validate import read_raw_csv
 
@@ -16,15 +19,22 @@ def run(root: Path) -> dict:
     if not read_json(layout.validation_report).get("success"):
         raise ValueError(f"{layout.validation_report} records a failed validation: "
                          "fix the data and run the validate stage first")
+    raw = read_raw_csv(layout.raw_csv, params.data.max_source_bytes)
+    quarantined = pd.read_csv(layout.quarantine, usecols=["row"])["row"]
+    if not quarantined.between(0, len(raw) - 1).all():
+        raise ValueError(f"{layout.quarantine} lists rows that {layout.raw_csv} does not have: "
+                         "run the validate stage first")
     dataset, labels, report = prepare.prepare(
-        read_raw_csv(layout.raw_csv), params.data.labels, params.data.sample_size,
-        params.data.val_fraction, params.data.test_fraction)
+        raw, params.data.labels, params.data.sample_size,
+        params.data.val_fraction, params.data.test_fraction,
+        max_chars=params.validate.max_text_chars,
+        min_rows=params.validate.min_rows_after_cleaning, quarantined=quarantined.tolist())
     for split, counts in report["splits"].items():
         if sum(counts.values()) == 0:
             raise ValueError(f"the {split} split is empty after cleaning: "
                              f"{report['counts']['rows_sampled']} rows are too few")
-    layout.dataset.parent.mkdir(parents=True, exist_ok=True)
-    dataset.to_parquet(layout.dataset, index=False)
+    with atomic_path(layout.dataset) as tmp:
+        dataset.to_parquet(tmp, index=False)
     write_json(layout.labels, labels)
     write_json(layout.prepare_report, report)
     return report

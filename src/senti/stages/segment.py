@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from senti.config import load_context
-from senti.io import sha256_file, write_json
+from senti.io import atomic_path, sha256_file, write_json
 from senti.segment import jieba_version, segment_texts
 from senti.stages import main
 
@@ -21,8 +21,8 @@ def run(root: Path) -> dict:
     started = time.perf_counter()
     dataset["tokens"] = segment_texts(dataset["text"].tolist(), user_dict, params.segment.workers)
     seconds = time.perf_counter() - started
-    layout.tokens.parent.mkdir(parents=True, exist_ok=True)
-    dataset.to_parquet(layout.tokens, index=False)
+    with atomic_path(layout.tokens) as tmp:
+        dataset.to_parquet(tmp, index=False)
     lengths = dataset["tokens"].map(len).to_numpy()
     report = {
         "rows": len(dataset),

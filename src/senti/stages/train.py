@@ -10,6 +10,7 @@ import pandas as pd
 
 from senti.config import load_context
 from senti.io import read_json, sha256_file, write_json
+from senti.model import weights_sha256
 from senti.stages import main
 from senti.train import train_model
 from senti.vocab import encode_split, load_vocab
@@ -30,7 +31,8 @@ def run(root: Path) -> dict:
         + sha256_file(layout.embeddings),
         initial_embedding=np.load(layout.embeddings, allow_pickle=False))
     seconds = time.perf_counter() - started
-    layout.model_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (layout.model_dir, layout.train_history.parent):  # absent in a bare checkout
+        folder.mkdir(parents=True, exist_ok=True)
     model.save(layout.model_file)
     pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(
         layout.train_history, index=False)
@@ -42,6 +44,7 @@ def run(root: Path) -> dict:
         "best_val_accuracy": round(history["val_accuracy"][best], 5),
         "train_rows": len(splits["train"][1]),
         "parameters": int(model.count_params()),
+        "weights_sha256": weights_sha256(model),  # a retrain reproduces it bit for bit
     }
     write_json(layout.train_report, report)
     print(f"trained {report['epochs_run']} epochs in {seconds:.0f}s; best epoch {best + 1}")

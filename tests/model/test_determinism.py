@@ -1,0 +1,85 @@
+"""Deterministic training: the same data, params and seed give the same batches, and a retrain
+gives bit-identical weights and predictions in another process, also on a loaded CPU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
+from senti.io import read_json
+from senti.train import make_dataset
+from senti.vocab import OOV_ID
+from tests.conftest import REPO
+
+
+def _epochs(seqs, labels, seed: int, epochs: int = 2) -> list[np.ndarray]:
+    """Every token id the training pipeline yields, epoch by epoch, in order."""
+    data = make_dataset(seqs, labels, 2, 16, maxlen=32, bucketed=True, shuffle=True, seed=seed,
+                        token_dropout=0.3)
+    return [np.concatenate([ids.numpy().ravel() for ids, _ in data]) for _ in range(epochs)]
+
+
+def test_batches_and_dropped_tokens_follow_the_seed_not_the_threads():
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(2, 50, size=n)) for n in rng.integers(1, 32, size=600)]
+    labels = rng.integers(0, 2, size=600)
+    first, again, other = _epochs(seqs, labels, 1), _epochs(seqs, labels, 1), _epochs(
+        seqs, labels, 2)
+    for epoch, repeat in zip(first, again, strict=True):  # a fresh pipeline, the same batches
+        np.testing.assert_array_equal(epoch, repeat)
+    assert not np.array_equal(first[0], first[1])  # another order and other drops each epoch
+    assert not np.array_equal(first[0], other[0])  # another seed, other batches
+    tokens = first[0][first[0] != 0]  # padding aside; no text holds OOV before dropout
+    assert np.mean(tokens == OOV_ID) == pytest.approx(0.3, abs=0.03)
+
+
+def test_deterministic_is_true_or_false():
+    with pytest.raises(ParamsError, match=r"^train\.deterministic: expected true/false, got 1$"):
+        apply_overrides(load_params(REPO).raw, parse_overrides(["train.deterministic=1"]))
+
+
+@contextmanager
+def _busy_cpu() -> Iterator[None]:
+    """One busy-loop process per core while inside."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def _run_stage(project: Path, stage: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"senti.stages.{stage}"], cwd=project,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_retrain_on_a_loaded_cpu_gives_the_same_weights_and_predictions(
+        trained_project, tmp_path):
+    # The first training is the shared project's own: its pipeline ran the train stage in a
+    # process of its own. The second runs on its inputs alone, while every core is busy.
+    root, retrained = trained_project[0], tmp_path / "retrained"
+    shutil.copytree(root / "data" / "processed", retrained / "data" / "processed")
+    shutil.copy2(root / "params.yaml", retrained / "params.yaml")
+    with _busy_cpu():
+        _run_stage(retrained, "train")
+        _run_stage(retrained, "evaluate")
+    first, second = root / "reports", retrained / "reports"
+    assert read_json(second / "train.json")["weights_sha256"] == \
+        read_json(first / "train.json")["weights_sha256"]
+    assert read_json(second / "metrics.json") == read_json(first / "metrics.json")
+    assert (second / "test_predictions.csv").read_bytes() == \
+        (first / "test_predictions.csv").read_bytes()
