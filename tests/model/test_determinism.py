@@ -3,17 +3,15 @@ gives bit-identical weights and predictions in another process, also on a loaded
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.determinism import cpu_load
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
 from senti.io import read_json
 from senti.train import make_dataset
@@ -47,19 +45,6 @@ def test_deterministic_is_true_or_false():
         apply_overrides(load_params(REPO).raw, parse_overrides(["train.deterministic=1"]))
 
 
-@contextmanager
-def _busy_cpu() -> Iterator[None]:
-    """One busy-loop process per core while inside."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(os.cpu_count() or 1)]
-    try:
-        yield
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
-
-
 def _run_stage(project: Path, stage: str) -> None:
     done = subprocess.run([sys.executable, "-m", f"senti.stages.{stage}"], cwd=project,
                           capture_output=True, text=True)
@@ -74,7 +59,7 @@ def test_a_retrain_on_a_loaded_cpu_gives_the_same_weights_and_predictions(
     root, retrained = trained_project[0], tmp_path / "retrained"
     shutil.copytree(root / "data" / "processed", retrained / "data" / "processed")
     shutil.copy2(root / "params.yaml", retrained / "params.yaml")
-    with _busy_cpu():
+    with cpu_load(busy=True):
         _run_stage(retrained, "train")
         _run_stage(retrained, "evaluate")
     first, second = root / "reports", retrained / "reports"
