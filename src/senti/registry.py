@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -30,19 +31,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
-from senti import batch, drift, lineage, tags
+from senti import batch, cluster, drift, lineage, tags
 from senti import promote as gate
-from senti.config import PARAMS_FILE, Layout, Params, ServeParams
+from senti.config import PARAMS_FILE, Layout, Params
 from senti.io import read_json
 from senti.vocab import Vocabulary
+from senti.workspace import state_dir
 
 INPUT_EXAMPLE = ["质量很好，物流也快", "太差了，再也不买了"]
 PACKAGE_DIR = Path(__file__).parent  # logged with the model as its code
 PYFUNC_MODEL = PACKAGE_DIR / "pyfunc_model.py"
 # Public distributions the serving code (senti.pyfunc_model and the senti modules it
 # imports) needs at load time, pinned to what trained the model. senti itself travels as code.
+# (distributed: senti.segment's bulk path can run on Dask; imported only when asked for.)
 RUNTIME_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "jieba", "numpy", "pandas",
-                        "pydantic", "annotated-types", "ruamel.yaml")
+                        "pydantic", "annotated-types", "ruamel.yaml", "distributed")
 
 
 class RegistryError(RuntimeError):
@@ -210,15 +213,15 @@ def champion_decision(model_name: str) -> tuple[str, str | None]:
     return version, decision if decision in gate.CHAMPION_DECISIONS else None
 
 
-def _load(model_uri: str, serve: ServeParams | None = None) -> gate.Predict:
+def _load(model_uri: str, min_known_share: float | None = None) -> gate.Predict:
     """A registered model's ``predict``; an input it refuses raises ValueError. With
-    ``serve``, its predictions flag low coverage at ``serve.min_known_share``."""
+    ``min_known_share`` (``serve.min_known_share``), its predictions flag low coverage."""
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
         raise RegistryError(f"cannot load {model_uri}: {exc.message}") from exc
-    if serve is not None:
-        model.unwrap_python_model().configure(serve.min_known_share)
+    if min_known_share is not None:
+        model.unwrap_python_model().configure(min_known_share)
 
     def predict(frame: pd.DataFrame) -> pd.DataFrame:
         try:
@@ -234,13 +237,33 @@ def predict_texts(layout: Layout, params: Params, texts: list[str],
     the URI used and one prediction row per text."""
     configure(layout, params.registry.experiment)
     uri = model_uri or resolve_model_uri(params.registry.model_name)
-    return uri, _load(uri, params.serve)(pd.DataFrame({"text": texts}))
+    return uri, _load(uri, params.serve.min_known_share)(pd.DataFrame({"text": texts}))
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered version as a :class:`senti.batch.ModelSource`: every process that
+    predicts with it (a Dask worker too) loads it from the store at ``store``, so a
+    remote cluster needs a store it can reach (a tracking server, not the SQLite file)."""
+
+    store: str  # tracking and registry URI
+    name: str
+    version: str
+    min_known_share: float  # serve.min_known_share
+
+    def load(self) -> gate.Predict:
+        mlflow.set_tracking_uri(self.store)
+        mlflow.set_registry_uri(self.store)
+        return _load(f"models:/{self.name}/{self.version}", self.min_known_share)
 
 
 def predict_csv(layout: Layout, params: Params, input_csv: Path | str,
                 output_csv: Path | str, version: str | None = None,
-                text_column: str = "text") -> dict:
-    """:func:`senti.batch.predict_csv` with a registered version (default: the @champion).
+                text_column: str = "text", engine: str | None = None,
+                progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """:func:`senti.batch.predict_csv` with a registered version (default: the @champion)
+    on ``engine`` (``local`` or ``dask``; default ``serve.batch_engine``), in chunks of
+    ``serve.batch_chunk_rows`` kept under ``.senti/batch/`` until the output is written.
     Input and output must be files under the project's ``serve.batch_dirs``
     (:func:`senti.batch.project_file`); they are checked before anything is loaded."""
     source = batch.project_file(input_csv, layout, params.serve.batch_dirs)
@@ -250,8 +273,17 @@ def predict_csv(layout: Layout, params: Params, input_csv: Path | str,
     version = version or alias_version(name, tags.CHAMPION)
     if version is None:
         raise LookupError(f"{name} has no @champion: give a version, or run senti promote")
-    return {**batch.predict_csv(_load(f"models:/{name}/{version}", params.serve), source,
-                                target, version, text_column), "model": name}
+    try:
+        MlflowClient().get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{name} has no version {version}: {exc.message}") from None
+    model = RegisteredModel(tracking_uri(layout), name, version, params.serve.min_known_share)
+    engine = engine or params.serve.batch_engine
+    with cluster.dask(params.dask) if engine == "dask" else cluster.inline() as running:
+        report = batch.predict_csv(model, source, target, state_dir(layout.root) / "batch",
+                                   running, text_column, params.serve.batch_chunk_rows,
+                                   progress)
+    return {**report, "model": name, "engine": running.name}
 
 
 # ---- drift ----------------------------------------------------------------------------------

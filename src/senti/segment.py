@@ -1,6 +1,8 @@
 """Segment: jieba word segmentation (accurate mode), in parallel processes for bulk work.
 
 jieba is imported only here. A :class:`Segmenter` loads the dictionary once per process.
+Bulk work is cut into chunks, each segmented by :func:`cut_chunk` on an engine of
+:mod:`senti.cluster` (a local process pool, or Dask): the same tokens either way.
 
 Two defences against hostile input:
 
@@ -23,11 +25,12 @@ import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 import jieba
+
+from senti import cluster
 
 jieba.setLogLevel(logging.WARNING)
 
@@ -92,17 +95,32 @@ class Segmenter:
         return [self.cut(t) for t in texts]
 
 
-_worker: Segmenter | None = None
+# This process's segmenter, loaded on first use, with the user dictionary's path and
+# (size, mtime) it was loaded from: a changed dictionary is loaded again.
+_loaded: tuple[tuple[str | None, tuple[int, int] | None], Segmenter] | None = None
 
 
-def _init_worker(user_dict: str | None) -> None:
-    global _worker
-    _worker = Segmenter(user_dict)
+def cut_chunk(texts: Sequence[str], user_dict: str | None) -> list[list[str]]:
+    """One task of parallel segmentation (a process pool's or a Dask worker's): the tokens
+    of ``texts`` with this process's :class:`Segmenter` for ``user_dict`` (a path every
+    worker can read)."""
+    global _loaded
+    info = os.stat(user_dict) if user_dict else None
+    key = (user_dict, (info.st_size, info.st_mtime_ns) if info else None)
+    if _loaded is None or _loaded[0] != key:
+        _loaded = None
+        _loaded = (key, Segmenter(user_dict))
+    return _loaded[1].cut_many(texts)
 
 
-def _cut_chunk(texts: Sequence[str]) -> list[list[str]]:
-    assert _worker is not None, "worker not initialised"
-    return _worker.cut_many(texts)
+def segment_chunks(chunks: Iterable[Sequence[str]], user_dict: Path | str | None,
+                   engine: cluster.Engine) -> Iterator[list[list[str]]]:
+    """The tokens of each chunk of texts, in order, the chunks segmented on ``engine``
+    (at most two per task slot in memory at a time)."""
+    user_dict = str(user_dict) if user_dict else None
+    for _, tokens in cluster.run_chunks(engine, cut_chunk, (
+            (i, (texts, user_dict)) for i, texts in enumerate(chunks)), ordered=True):
+        yield tokens
 
 
 def segment_texts(
@@ -113,10 +131,9 @@ def segment_texts(
     chunks = [texts[i:i + _CHUNK] for i in range(0, len(texts), _CHUNK)]
     if workers == 1 or len(chunks) <= 1:
         return Segmenter(user_dict).cut_many(texts)
-    user_dict = str(user_dict) if user_dict else None
-    with ProcessPoolExecutor(min(workers, len(chunks)), initializer=_init_worker,
-                             initargs=(user_dict,)) as pool:
-        return [tokens for chunk in pool.map(_cut_chunk, chunks) for tokens in chunk]
+    with cluster.processes(min(workers, len(chunks))) as engine:
+        return [tokens for chunk in segment_chunks(chunks, user_dict, engine)
+                for tokens in chunk]
 
 
 def jieba_version() -> str:

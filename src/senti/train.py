@@ -8,6 +8,10 @@ text, a distance ``eps`` in the direction that most increases the loss (Miyato e
 "Adversarial Training Methods for Semi-Supervised Text Classification"), the one lever that
 gained the BiLSTM more than its seed spread here (docs/benchmarks.md). That step uses
 TensorFlow's ``GradientTape``, so it needs the TensorFlow backend; the model stays neutral.
+
+On a machine with several GPUs training is data-parallel (``MirroredStrategy``) and
+``train.batch_size`` is the batch of each GPU; ``train.mixed_precision`` computes in float16
+where it is safe (the float32 classifier is what is returned and saved).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tensorflow as tf
 
 from senti.config import ModelParams, TrainParams
 from senti.io import sha256_bytes
-from senti.model import build_model
+from senti.model import build_model, dtype_policy
 from senti.vocab import OOV_ID
 
 _BACKUP_FINGERPRINT = "config.sha256"
@@ -127,22 +131,30 @@ class AdversarialTraining(keras.Model):
     def clean_pass(self, token_ids, y, sample_weight=None):
         """One forward/backward pass on the batch as it is: (predictions, loss, the loss's
         gradients for the trainable variables, the adversarial perturbation of the embedded
-        batch: per text of L2 norm ``eps`` along the gradient of the loss)."""
+        batch: per text of L2 norm ``eps`` along the gradient of the loss).
+
+        Gradients are of the optimizer's scaled loss (under mixed precision a
+        ``LossScaleOptimizer`` scales it so float16 gradients do not underflow, and unscales
+        them in ``apply``; otherwise the scale is 1). The perturbation is normalised in
+        float32 and has the embeddings' dtype."""
         with tf.GradientTape() as tape:
             embedded = self.embedding(token_ids)
             y_pred = self.head([embedded, token_ids], training=True)
             loss = self._loss(token_ids, y, y_pred, sample_weight)
-        *gradients, direction = tape.gradient(loss, [*self.trainable_variables, embedded])
+            scaled = self.optimizer.scale_loss(loss)
+        *gradients, direction = tape.gradient(scaled, [*self.trainable_variables, embedded])
+        direction = tf.cast(direction, tf.float32)
         norm = tf.sqrt(tf.reduce_sum(tf.square(direction), axis=[1, 2], keepdims=True))
-        return y_pred, loss, gradients, self.eps * direction / (norm + 1e-12)
+        return (y_pred, loss, gradients,
+                tf.cast(self.eps * direction / (norm + 1e-12), embedded.dtype))
 
     def train_step(self, data):
         token_ids, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, loss, gradients, perturbation = self.clean_pass(token_ids, y, sample_weight)
         with tf.GradientTape() as tape:  # the perturbation is a constant here
             perturbed = self.embedding(token_ids) + perturbation
-            adversarial_loss = self._loss(
-                token_ids, y, self.head([perturbed, token_ids], training=True), sample_weight)
+            adversarial_loss = self.optimizer.scale_loss(self._loss(
+                token_ids, y, self.head([perturbed, token_ids], training=True), sample_weight))
         adversarial_gradients = tape.gradient(adversarial_loss, self.trainable_variables)
         self.optimizer.apply(
             [tf.convert_to_tensor(g) + tf.convert_to_tensor(a)
@@ -165,10 +177,23 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over the visible GPUs, the default (CPU) strategy otherwise."""
-    if tf.config.list_physical_devices("GPU"):
+    """``MirroredStrategy`` (one replica per GPU, gradients all-reduced every step) when more
+    than one GPU is visible; otherwise the default strategy, which runs on the one GPU if
+    there is one, else on the CPU. One machine only: see docs/architecture.md for why
+    TensorFlow's multi-worker strategy is not used."""
+    if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def float32_copy(model: keras.Model, vocab_size: int, num_classes: int,
+                 params: ModelParams) -> keras.Model:
+    """The classifier rebuilt with float32 compute and ``model``'s weights (its variables are
+    float32 under mixed precision too): what is saved and served, on any hardware."""
+    with dtype_policy(mixed_precision=False):
+        rebuilt = build_model(vocab_size, num_classes, params)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def _prepare_backup_dir(backup_dir: Path, fingerprint: str) -> None:
@@ -186,6 +211,7 @@ def train_model(
     vocab_size: int, num_classes: int,
     model_params: ModelParams, train_params: TrainParams,
     backup_dir: Path, data_fingerprint: str, initial_embedding: np.ndarray | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Fit the classifier with early stopping on validation loss; return (model, history).
 
@@ -197,6 +223,10 @@ def train_model(
     With ``train_params.deterministic`` TensorFlow's op determinism is on: the same inputs,
     params and seed give bit-identical weights on the same kind of machine, however loaded
     (an uninterrupted run, that is: a resumed one starts its data order afresh).
+
+    ``strategy`` defaults to :func:`distribution_strategy`. Each step takes
+    ``train_params.batch_size`` texts per replica (the global batch is that times the
+    replicas); the learning rate is not rescaled.
     """
     keras.utils.set_random_seed(train_params.seed)  # Python, NumPy, TensorFlow and Keras
     if train_params.deterministic:  # for the rest of the process: TF cannot switch it off
@@ -204,14 +234,16 @@ def train_model(
     config = {"model": model_params.model_dump(), "train": train_params.model_dump(),
               "data": data_fingerprint, "vocab_size": vocab_size, "classes": num_classes}
     _prepare_backup_dir(backup_dir, sha256_bytes(json.dumps(config, sort_keys=True).encode()))
+    strategy = strategy or distribution_strategy()
+    global_batch = train_params.batch_size * strategy.num_replicas_in_sync
 
     def batches(split, training):
-        return make_dataset(split[0], split[1], num_classes, train_params.batch_size,
+        return make_dataset(split[0], split[1], num_classes, global_batch,
                             maxlen=model_params.maxlen, bucketed=train_params.bucketed_batches,
                             shuffle=training, seed=train_params.seed,
                             token_dropout=train_params.token_dropout if training else 0.0)
 
-    with distribution_strategy().scope():
+    with strategy.scope(), dtype_policy(train_params.mixed_precision):
         model = build_model(vocab_size, num_classes, model_params)
         if initial_embedding is not None:
             expected = (vocab_size, model_params.embed_dim)
@@ -242,4 +274,6 @@ def train_model(
                           epochs=train_params.epochs, callbacks=callbacks,
                           class_weight=weights, verbose=2)
     shutil.rmtree(backup_dir, ignore_errors=True)
+    if train_params.mixed_precision:
+        model = float32_copy(model, vocab_size, num_classes, model_params)
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -4,8 +4,10 @@ This is the only module that imports GX. It is a small library, no orchestration
 
 * :func:`read_raw_csv` loads a user's CSV tolerantly (every cell a string, empty cells null),
   refusing a file above the size bound or in an encoding it cannot name;
-* :func:`validate_frame` runs one expectation suite over the raw frame and returns a
-  :class:`ValidationReport` (optionally building GX Data Docs into a directory);
+  :func:`read_raw_batches` reads the raw copy the same way in frames of a bounded size;
+* :func:`validate_batches` runs one expectation suite over the raw data, given as frames of
+  at most :data:`BATCH_ROWS` rows, and returns one :class:`ValidationReport` (optionally
+  building GX Data Docs into a directory); :func:`validate_frame` does it for one frame;
 * :func:`quarantine_table` lists the rows the report quarantines, with the reason per row;
 * :func:`write_report` writes the report as deterministic JSON (a DVC output).
 
@@ -39,6 +41,15 @@ columns computed in pandas on a copy of the frame, and checked by GX like any co
 copy ``text`` and ``label`` are HTML-escaped: GX Data Docs put sampled values into the page
 unescaped, and a review may contain markup (``<script>`` stays text).
 
+Memory is bounded by the batch, not the data: a first pass over the batches keeps, per row,
+only a 64-bit hash of its normalised text and a label code (the streamed counts: class shares,
+labels per text, duplicate share); the second runs the GX checkpoint on each batch with the
+helper columns filled from those counts. The row-level outcomes of the batches add up (counts,
+the first examples, the quarantined rows; success by GX's own ``mostly`` rule on the totals);
+``duplicate_share``, ``label_classes_present`` and ``row_count`` are decided on the totals.
+Data Docs hold one validation page per batch. Two distinct texts share a hash with probability
+about n²/2⁶⁵ (3·10⁻⁶ at 10M texts): at worst one duplicate more is counted.
+
 With ``on_bad_rows: quarantine`` the rows failing a row-level check (the six above) are
 quarantined instead of kept: :func:`quarantine_table` lists them and :mod:`senti.prepare`'s
 stage removes them. The bounds still hold: a source where more than ``1 - mostly`` of the rows
@@ -47,21 +58,26 @@ are bad fails validation either way.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import html
 import io
 import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from senti.config import ValidateParams
-from senti.io import decode_text, read_bounded, write_json
+from senti.io import UTF8, decode_text, read_bounded, write_json
 from senti.prepare import CJK_PATTERN, normalise_text
 
 # No network here; must precede GX's import. GX is imported inside the functions that use it:
@@ -79,7 +95,8 @@ LABELS_PER_TEXT = "labels_per_text"
 # The checks a single row can fail: the reasons a row is quarantined.
 ROW_CHECKS = ("text_not_null", "text_not_empty", "text_length", CJK_SHARE, "label_not_null",
               "label_in_set")
-# CJK Unified Ideographs, Extension A and Compatibility Ideographs.
+UTF8_BOM = "UTF-8 with BOM"  # as senti.io.decode_text names it
+BATCH_ROWS = 100_000  # rows GX checks at a time: what bounds validation's memory
 MAX_EXAMPLES = 5
 EXAMPLE_CHARS = 80
 DOCS_SITE = "senti_data_docs"
@@ -180,9 +197,50 @@ def read_raw_csv(path: str | os.PathLike[str], max_bytes: int) -> pd.DataFrame:
     return frame
 
 
+def read_raw_batches(path: str | os.PathLike[str], max_bytes: int,
+                     rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """The raw copy (UTF-8, a BOM allowed: what ingest writes) as frames of at most ``rows``
+    rows, cells read as :func:`read_raw_csv` reads them (``attrs["encoding"]`` too), the
+    index the row's position in the file; at least one frame (an empty one for a header-only
+    file). Raises :class:`ValueError` naming the file when it is missing, not a regular file,
+    over ``max_bytes`` (:func:`senti.io.read_bounded` says which), not UTF-8 or not a CSV."""
+    name = os.fspath(path)
+    if not (os.path.isfile(path) and os.path.getsize(path) <= max_bytes):
+        read_bounded(path, max_bytes, name)  # refuses it, naming why; nothing is read
+    with open(path, "rb") as fh:
+        encoding = UTF8_BOM if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else UTF8
+    try:
+        with pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                         encoding="utf-8-sig", chunksize=rows) as reader:
+            for frame in reader:
+                frame.attrs["encoding"] = encoding
+                yield frame
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{name}: empty file (expected a header line with columns "
+                         f"{','.join(REQUIRED_COLUMNS)})") from None
+    except pd.errors.ParserError as exc:
+        raise ValueError(f"{name}: not a readable CSV file ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: not UTF-8 ({exc.reason}): run the ingest stage, which "
+                         "converts its source") from None
+
+
 def validate_frame(df: pd.DataFrame, params: ValidateParams, labels: Sequence[str],
                    docs_dir: Path | None = None) -> ValidationReport:
-    """Validate the raw frame (columns ``text`` and ``label``; others are ignored).
+    """Validate the raw frame (columns ``text`` and ``label``; others are ignored), in
+    batches of :data:`BATCH_ROWS` rows (:func:`validate_batches`)."""
+
+    def batches() -> Iterator[pd.DataFrame]:
+        for start in range(0, max(len(df), 1), BATCH_ROWS):
+            yield df.iloc[start:start + BATCH_ROWS]
+
+    return validate_batches(batches, params, labels, docs_dir)
+
+
+def validate_batches(batches: Callable[[], Iterable[pd.DataFrame]], params: ValidateParams,
+                     labels: Sequence[str], docs_dir: Path | None = None) -> ValidationReport:
+    """Validate the raw data that ``batches()`` yields, frame by frame, in file order (it is
+    called twice: a pass for the counts, one for GX), as one suite with one report.
 
     ``labels`` is the declared label set (compared as strings); empty means "no declared
     set": ``label_in_set`` is skipped and class balance is checked over the observed labels.
@@ -192,14 +250,15 @@ def validate_frame(df: pd.DataFrame, params: ValidateParams, labels: Sequence[st
     import great_expectations as gx
 
     labels = [str(label) for label in labels]
-    frame, raw, missing = _prepare_frame(df, labels, params.max_text_chars)
+    scan = _scan(batches(), params.max_text_chars)
+    missing = [c for c in REQUIRED_COLUMNS if c not in scan.columns]
     context = _make_context(docs_dir)
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
     observed: dict[str, str] = {}
     skipped: list[str] = []
-    expectations = _expectations(raw, params, labels, missing, observed, skipped)
-    columns = [str(c) for c in df.columns]
-    shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+    expectations = _expectations(scan, params, labels, missing, observed, skipped)
+    shown = (", ".join(repr(c) for c in scan.columns[:20])
+             + (", ..." if len(scan.columns) > 20 else ""))
     for column in REQUIRED_COLUMNS:
         observed[f"{column}_column_exists"] = (
             f"column {column!r} present" if column not in missing
@@ -219,27 +278,48 @@ def validate_frame(df: pd.DataFrame, params: ValidateParams, labels: Sequence[st
         actions=actions if docs_dir is not None else [],
         # COMPLETE lists every failing row: the rows to quarantine
         result_format="COMPLETE" if quarantine else "SUMMARY"))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-
-    (suite_result,) = result.run_results.values()
-    outcomes = sorted((_outcome(r, frame, raw, observed) for r in suite_result.results),
+    totals: dict[str, _Totals] = {}
+    bad_rows: dict[int, list[str]] = {}
+    start = 0
+    for part in batches():
+        frame, raw = _prepare_frame(part, start, scan, labels, missing)
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        (suite_result,) = result.run_results.values()
+        for r in suite_result.results:
+            name = str(r.expectation_config.meta["name"])
+            totals.setdefault(name, _Totals(r.expectation_config)).add(r, frame, raw)
+        if quarantine:
+            for row, checks in _bad_rows(suite_result.results).items():
+                bad_rows.setdefault(row, []).extend(checks)
+        start += len(part)
+    outcomes = sorted((t.outcome(scan, observed) for t in totals.values()),
                       key=lambda o: order[o.name])
-    bad_rows = _bad_rows(suite_result.results) if quarantine else {}
     index = None if docs_dir is None else str(Path(docs_dir) / "index.html")
-    return ValidationReport(success=bool(suite_result.success), rows=len(df), outcomes=outcomes,
-                            data_docs=index, skipped=skipped, on_bad_rows=params.on_bad_rows,
-                            quarantined=len(bad_rows), bad_rows=bad_rows)
+    return ValidationReport(success=all(o.success for o in outcomes), rows=scan.rows,
+                            outcomes=outcomes, data_docs=index, skipped=skipped,
+                            on_bad_rows=params.on_bad_rows, quarantined=len(bad_rows),
+                            bad_rows=dict(sorted(bad_rows.items())))
 
 
-def quarantine_table(df: pd.DataFrame, report: ValidationReport) -> pd.DataFrame:
-    """The rows of ``df`` that ``report`` quarantines, with the checks each fails (``reason``,
-    ``;``-separated) and its raw text and label; no rows unless ``on_bad_rows`` is
-    ``quarantine``. ``row`` is the 0-based position in ``df``."""
+def quarantine_table(data: pd.DataFrame | Iterable[pd.DataFrame],
+                     report: ValidationReport) -> pd.DataFrame:
+    """The rows of ``data`` (a frame, or its batches in order) that ``report`` quarantines,
+    with the checks each fails (``reason``, ``;``-separated) and its raw text and label; no
+    rows unless ``on_bad_rows`` is ``quarantine``. ``row`` is the 0-based position in
+    ``data``."""
     rows = sorted(report.bad_rows)
     table = pd.DataFrame({"row": rows, "reason": [";".join(report.bad_rows[r]) for r in rows]})
+    values: dict[str, list[Any]] = {TEXT: [], LABEL: []}
+    start = 0
+    for part in [data] if isinstance(data, pd.DataFrame) else data:
+        wanted = np.asarray(rows, dtype=np.int64)
+        local = wanted[(wanted >= start) & (wanted < start + len(part))] - start
+        for column in (TEXT, LABEL):
+            picked = part[column].iloc[local] if column in part.columns else [None] * len(local)
+            values[column].extend(picked)
+        start += len(part)
     for column in (TEXT, LABEL):
-        values = df[column].iloc[rows] if column in df.columns else [None] * len(rows)
-        table[column] = list(values)
+        table[column] = values[column]
     return table[QUARANTINE_COLUMNS]
 
 
@@ -262,16 +342,80 @@ def _escaped(column: pd.Series) -> pd.Series:
     return column.map(html.escape, na_action="ignore")
 
 
-def _prepare_frame(df: pd.DataFrame, labels: list[str],
-                   max_chars: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """The frame GX checks (escaped required columns and the helper columns, positional
-    index), the required columns as they are (for examples), and the missing columns."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    frame = pd.DataFrame(index=pd.RangeIndex(len(df)))
-    raw = pd.DataFrame(index=frame.index)
+@dataclass(frozen=True)
+class _Scan:
+    """What the first pass keeps: the columns, and per row a 64-bit hash of the normalised
+    text (``has_key`` False where it is null or empty) and a label code (-1: null)."""
+
+    columns: list[str]
+    rows: int
+    keys: np.ndarray
+    has_key: np.ndarray
+    label_codes: np.ndarray
+    label_names: list[str]
+
+    @cached_property
+    def unique_keys(self) -> np.ndarray:
+        return np.unique(self.keys[self.has_key])
+
+    def label_counts(self, labels: list[str]) -> Counter[str]:
+        """Rows per label, only the declared ``labels`` when there are any."""
+        counts = np.bincount(self.label_codes[self.label_codes >= 0],
+                             minlength=len(self.label_names))
+        return Counter({name: int(n) for name, n in zip(self.label_names, counts, strict=True)
+                        if n and (not labels or name in labels)})
+
+    @cached_property
+    def labels_per_key(self) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes of the labelled texts (sorted) and how many labels each has."""
+        labelled = self.has_key & (self.label_codes >= 0)
+        pairs = np.unique(np.rec.fromarrays([self.keys[labelled],
+                                             self.label_codes[labelled]]))
+        return np.unique(pairs.f0, return_counts=True)
+
+
+def _text_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def _scan(batches: Iterable[pd.DataFrame], max_chars: int) -> _Scan:
+    """The first pass over the batches (:class:`_Scan`)."""
+    columns: list[str] | None = None
+    rows = 0
+    keys, has_key, codes = [], [], []
+    code_of: dict[str, int] = {}
+    for part in batches:
+        if columns is None:
+            columns = [str(c) for c in part.columns]
+        n = len(part)
+        rows += n
+        if TEXT in part.columns:
+            norm = [normalise_text(t, max_chars) if isinstance(t, str) else ""
+                    for t in _as_text(part[TEXT])]
+            keys.append(np.fromiter((_text_hash(t) if t else 0 for t in norm), np.uint64, n))
+            has_key.append(np.fromiter((bool(t) for t in norm), bool, n))
+        if LABEL in part.columns:
+            codes.append(np.fromiter((-1 if v is None else code_of.setdefault(v, len(code_of))
+                                      for v in _as_text(part[LABEL])), np.int64, n))
+    return _Scan(columns=columns or [], rows=rows,
+                 keys=np.concatenate(keys) if keys else np.zeros(rows, np.uint64),
+                 has_key=np.concatenate(has_key) if has_key else np.zeros(rows, bool),
+                 label_codes=np.concatenate(codes) if codes else np.full(rows, -1, np.int64),
+                 label_names=list(code_of))
+
+
+def _prepare_frame(df: pd.DataFrame, start: int, scan: _Scan, labels: list[str],
+                   missing: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame GX checks for one batch (escaped required columns and the helper columns,
+    the row's position in the data as index) and its required columns as they are (for
+    examples). The helper columns that depend on other rows come from ``scan``."""
+    index = pd.RangeIndex(start, start + len(df))
+    rows = slice(start, start + len(df))
+    frame = pd.DataFrame(index=index)
+    raw = pd.DataFrame(index=index)
     for column in REQUIRED_COLUMNS:
         if column not in missing:
-            raw[column] = _as_text(df[column]).reset_index(drop=True)
+            raw[column] = _as_text(df[column]).set_axis(index)
             frame[column] = _escaped(raw[column])
     if TEXT not in missing:
         text = raw[TEXT]
@@ -279,19 +423,22 @@ def _prepare_frame(df: pd.DataFrame, labels: list[str],
         cjk = text.str.count(CJK_PATTERN)
         visible = text.str.replace(r"\s+", "", regex=True).str.len()
         frame[CJK_SHARE] = (cjk / visible.where(visible > 0)).astype(float)
-        key = text.map(lambda t: normalise_text(t, max_chars) or None, na_action="ignore")
-        codes = pd.Series(pd.factorize(key)[0], index=frame.index)
-        frame[TEXT_KEY] = codes.where(codes >= 0).astype(float)
+        ids = np.searchsorted(scan.unique_keys, scan.keys[rows]).astype(float)
+        frame[TEXT_KEY] = np.where(scan.has_key[rows], ids, np.nan)
     if LABEL not in missing:
-        label = raw[LABEL]
-        counted = label.isin(labels) if labels else label.notna()
-        shares = label[counted].value_counts(normalize=True)
-        frame[CLASS_SHARE] = label.map(shares).where(counted).astype(float)
+        counts = scan.label_counts(labels)
+        total = sum(counts.values())
+        share = np.array([counts.get(name, 0) / total if counts.get(name) else np.nan
+                          for name in scan.label_names] + [np.nan])
+        frame[CLASS_SHARE] = share[scan.label_codes[rows]]  # code -1: the trailing NaN
     if not missing:
-        labelled = frame[TEXT_KEY].notna() & raw[LABEL].notna()
-        per_text = raw[LABEL][labelled].groupby(frame[TEXT_KEY][labelled]).transform("nunique")
-        frame[LABELS_PER_TEXT] = per_text.reindex(frame.index).astype(float)
-    return frame, raw, missing
+        keys, per_key = scan.labels_per_key
+        codes = scan.label_codes[rows]
+        found = np.searchsorted(keys, scan.keys[rows]).clip(max=max(len(keys) - 1, 0))
+        labelled = scan.has_key[rows] & (codes >= 0)
+        frame[LABELS_PER_TEXT] = np.where(labelled, per_key[found] if len(keys) else 0,
+                                          np.nan).astype(float)
+    return frame, raw
 
 
 def _named(name: str, description: str, kind: type[Any], **kwargs: Any) -> Any:
@@ -299,7 +446,7 @@ def _named(name: str, description: str, kind: type[Any], **kwargs: Any) -> Any:
     return kind(meta={"name": name}, description=description, **kwargs)
 
 
-def _expectations(raw: pd.DataFrame, p: ValidateParams, labels: list[str],
+def _expectations(scan: _Scan, p: ValidateParams, labels: list[str],
                   missing: list[str], observed: dict[str, str],
                   skipped: list[str]) -> list[Any]:
     """The suite for this frame, in report order; fills ``observed`` and ``skipped``."""
@@ -364,25 +511,25 @@ def _expectations(raw: pd.DataFrame, p: ValidateParams, labels: list[str],
     suite.append(_named("row_count", f"at least {p.min_rows:,} rows",
                         ex.ExpectTableRowCountToBeBetween, min_value=p.min_rows))
     if LABEL not in missing:
-        observed["class_balance"] = _class_shares(raw[LABEL], labels, p)
+        observed["class_balance"] = _class_shares(scan.label_counts(labels), labels, p)
     return suite
 
 
-def _class_shares(label: pd.Series, labels: list[str], p: ValidateParams) -> str:
-    """E.g. ``"shares of 800 labelled rows: negative=400 (50.0%), positive=400 (50.0%)"``."""
-    counted = label[label.isin(labels)] if labels else label.dropna()
-    counts = counted.value_counts()
+def _class_shares(counts: Counter[str], labels: list[str], p: ValidateParams) -> str:
+    """E.g. ``"shares of 800 labelled rows: negative=400 (50.0%), positive=400 (50.0%)"``
+    from the rows per counted label."""
+    total = sum(counts.values())
     parts = []
-    for name in labels or sorted(counts.index):
-        n = int(counts.get(name, 0))
-        share = n / len(counted) if len(counted) else 0.0
+    for name in labels or sorted(counts):
+        n = counts.get(name, 0)
+        share = n / total if total else 0.0
         flag = ""
         if share < p.min_class_share:
             flag = f" < min {p.min_class_share:.0%}"
         elif share > p.max_class_share:
             flag = f" > max {p.max_class_share:.0%}"
         parts.append(f"{name}={n:,} ({share:.1%}{flag})")
-    return f"shares of {len(counted):,} labelled rows: " + (", ".join(parts) or "none")
+    return f"shares of {total:,} labelled rows: " + (", ".join(parts) or "none")
 
 
 def _make_context(docs_dir: Path | None) -> Any:
@@ -413,44 +560,87 @@ def _make_context(docs_dir: Path | None) -> Any:
     return context
 
 
-def _outcome(result: Any, frame: pd.DataFrame, raw: pd.DataFrame,
-             observed: dict[str, str]) -> ExpectationOutcome:
-    config = result.expectation_config
-    name = str(config.meta["name"])
-    kwargs = config.kwargs
-    res = result.result or {}
-    success = bool(result.success)
-    examples: list[dict[str, Any]] = []
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        message = str(result.exception_info.get("exception_message", "unknown error"))
-        text = f"GX error: {message}"
-    elif name in observed:
-        text = observed[name]
-    elif "unexpected_count" in res:
-        text = _map_observed(res, kwargs.get("mostly"))
-        if name == "conflict_share":
-            text = f"conflicting labels: {text}"
-        if name != "class_balance":
-            examples = _examples(frame, raw, res.get("partial_unexpected_index_list") or [],
-                                 name)
-    elif name == "duplicate_share":
-        texts = int(frame[TEXT_KEY].notna().sum())
-        bound = f"(max {100 * (1 - kwargs['min_value']):.4g}%)"
-        text = (f"{1 - float(res['observed_value']):.2%} of {texts:,} non-empty texts repeat "
-                f"an earlier one {bound}" if texts else f"no non-empty texts {bound}")
-    elif config.type == "expect_table_row_count_to_be_between":
-        rows = int(res.get("observed_value", len(frame)))
-        text = f"rows={rows:,} (min {kwargs['min_value']:,})"
-        if rows == 0:
-            text += ": no data rows"
-    elif config.type == "expect_column_distinct_values_to_contain_set":
-        seen = set(raw[LABEL].dropna())  # GX 1.24 leaves observed_value None here
-        absent = [v for v in map(html.unescape, kwargs["value_set"]) if v not in seen]
-        text = f"absent labels: {absent}" if absent else "all declared labels occur"
-    else:
-        text = json.dumps(_plain(res), sort_keys=True, ensure_ascii=False)
-    return ExpectationOutcome(name=name, expectation=str(config.type), success=success,
-                              observed=text, examples=examples)
+class _Totals:
+    """One expectation's results over all batches, added up into one outcome."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name = str(config.meta["name"])
+        self.batches_succeed = True
+        self.error: str | None = None
+        self.first: dict[str, Any] | None = None
+        self.counts: Counter[str] | None = None  # row-level (map) expectations only
+        self.examples: list[dict[str, Any]] = []
+
+    def add(self, result: Any, frame: pd.DataFrame, raw: pd.DataFrame) -> None:
+        """Add one batch's result (``frame`` and ``raw`` as :func:`_prepare_frame` built
+        them, for the examples)."""
+        res = result.result or {}
+        self.first = res if self.first is None else self.first
+        self.batches_succeed &= bool(result.success)
+        if result.exception_info and result.exception_info.get("raised_exception"):
+            self.error = self.error or str(result.exception_info.get("exception_message",
+                                                                     "unknown error"))
+        if "unexpected_count" in res:
+            self.counts = self.counts or Counter()
+            for key in ("element_count", "missing_count", "unexpected_count"):
+                self.counts[key] += int(res.get(key) or 0)
+            wanted = MAX_EXAMPLES - len(self.examples)
+            if self.name != "class_balance" and wanted > 0:
+                rows = (res.get("partial_unexpected_index_list") or [])[:wanted]
+                self.examples += _examples(frame, raw, rows, self.name)
+
+    def success(self, scan: _Scan) -> bool:
+        """GX's verdict on all the rows: row-level ones by its ``mostly`` rule on the totals,
+        the table-level ones on the totals of the first pass."""
+        from great_expectations.expectations.expectation import _mostly_success
+
+        kwargs, kind = self.config.kwargs, self.config.type
+        if self.counts is not None:
+            total = self.counts["element_count"]
+            considered = total - self.counts["missing_count"]
+            return (total == 0 or considered == 0
+                    or _mostly_success(considered, self.counts["unexpected_count"],
+                                       kwargs.get("mostly") or 1.0))
+        if self.name == "duplicate_share" and scan.has_key.any():
+            return len(scan.unique_keys) / int(scan.has_key.sum()) >= kwargs["min_value"]
+        if kind == "expect_table_row_count_to_be_between":
+            return scan.rows >= kwargs["min_value"]
+        if kind == "expect_column_distinct_values_to_contain_set":
+            return not self._absent(scan)
+        return self.batches_succeed
+
+    def _absent(self, scan: _Scan) -> list[str]:
+        return [v for v in map(html.unescape, self.config.kwargs["value_set"])
+                if v not in set(scan.label_names)]
+
+    def outcome(self, scan: _Scan, observed: dict[str, str]) -> ExpectationOutcome:
+        kwargs, kind = self.config.kwargs, self.config.type
+        success = self.error is None and self.success(scan)
+        if self.error is not None:
+            text = f"GX error: {self.error}"
+        elif self.name in observed:
+            text = observed[self.name]
+        elif self.counts is not None:
+            text = _map_observed(self.counts, kwargs.get("mostly"))
+            if self.name == "conflict_share":
+                text = f"conflicting labels: {text}"
+        elif self.name == "duplicate_share":
+            texts = int(scan.has_key.sum())
+            bound = f"(max {100 * (1 - kwargs['min_value']):.4g}%)"
+            text = (f"{1 - len(scan.unique_keys) / texts:.2%} of {texts:,} non-empty texts "
+                    f"repeat an earlier one {bound}" if texts else f"no non-empty texts {bound}")
+        elif kind == "expect_table_row_count_to_be_between":
+            text = f"rows={scan.rows:,} (min {kwargs['min_value']:,})"
+            if scan.rows == 0:
+                text += ": no data rows"
+        elif kind == "expect_column_distinct_values_to_contain_set":
+            absent = self._absent(scan)
+            text = f"absent labels: {absent}" if absent else "all declared labels occur"
+        else:
+            text = json.dumps(_plain(self.first), sort_keys=True, ensure_ascii=False)
+        return ExpectationOutcome(name=self.name, expectation=str(kind), success=success,
+                                  observed=text, examples=self.examples)
 
 
 def _bad_rows(results: list[Any]) -> dict[int, list[str]]:

@@ -29,6 +29,8 @@ TOOL_HOMES = {
     "gensim": {"senti.embeddings"},
     "keras": {"senti.model", "senti.train", "senti.inference"},
     "tensorflow": {"senti.train", "senti.inference"},
+    "dask": {"senti.cluster"},
+    "distributed": {"senti.cluster"},
 }
 
 

@@ -52,6 +52,8 @@ NOT_FROM_COMPOSE = {
                   "(the trainer image sets it to the mounted checkout)",
     "XDG_CACHE_HOME": "optional: where jieba's dictionary cache goes (default ~/.cache)",
     "AWS_ENDPOINT_URL_S3": "optional: an S3-only endpoint (AWS_ENDPOINT_URL is set)",
+    "DASK_SCHEDULER_ADDRESS": "optional: a Dask cluster of the user's; the stack has none "
+                              "(senti.cluster starts a local one)",
 }
 SERVICE_PORTS = {"MLFLOW_TRACKING_URI": "mlflow", "PREFECT_API_URL": "prefect-server",
                  "AWS_ENDPOINT_URL": "s3"}
@@ -242,3 +244,17 @@ def test_images_install_senti_with_the_team_extra_under_the_constraints(path):
     for copied in re.findall(r"^COPY (?:--chown=\S+ )?(.+) \S+$", text, re.MULTILINE):
         for item in copied.split():
             assert f"!{item}" in ignore.splitlines(), f"{item} is not in the build context"
+
+
+def test_the_images_wheel_holds_every_package_of_the_source():
+    """The images install senti from a wheel (`pip install .`), which holds only the packages
+    pyproject lists: every folder of code or data under src/senti must be one of them."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    folders = {".".join(folder.relative_to(REPO / "src").parts)
+               for folder in (REPO / "src" / "senti").rglob("*")
+               if folder.is_dir() and folder.name != "__pycache__"
+               and any(f.is_file() for f in folder.iterdir())}
+    assert {"senti", "flows", *folders} == listed

@@ -253,7 +253,9 @@ def test_a_3mb_unbroken_text_is_clipped_and_segments_in_seconds(reviews):
                             min_rows=V.min_rows_after_cleaning)
     clipped = dataset["text"].str.len().max()
     tokens = segmenter.cut_many(dataset["text"].tolist())
-    assert time.perf_counter() - started < 10  # unclipped, unsplit: over 12 minutes
+    # a bound, not a benchmark: unclipped and unsplit this takes over 12 minutes; clipped, a
+    # second or two on a quiet machine (the margin is for a loaded one)
+    assert time.perf_counter() - started < 60
     assert clipped == V.max_text_chars and len(tokens) == 2001
 
 

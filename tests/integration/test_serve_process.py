@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -109,6 +110,16 @@ def test_senti_serve_flags_bounds_requests_and_stops_whole_on_sigterm(trained_pr
         assert 0 < known["known_share"] <= 1
         assert foreign["label"] is None and foreign["probability"] is None
         assert foreign["flag"] == "no_chinese" and foreign["known_share"] == 0
+
+        texts = ["质量很好，物流也快", "太差了，再也不买了", "一般般吧", "还行"]
+        alone = {t: _post(port, {"inputs": [t]})[1]["predictions"][0] for t in texts}
+        with ThreadPoolExecutor(8) as clients:  # both workers, requests merged in each
+            together = list(clients.map(lambda t: (t, _post(port, {"inputs": [t]})), texts * 4))
+        for text, (status, body) in together:
+            assert status == 200, body
+            answer, expected = body["predictions"][0], alone[text]
+            assert (answer["label"], answer["flag"]) == (expected["label"], expected["flag"])
+            assert answer["prob_positive"] == pytest.approx(expected["prob_positive"], abs=1e-5)
 
         status, body = _post(port, {"inputs": ["好"] * 1001})
         assert status == 400 and (

@@ -188,41 +188,48 @@ def _running(owner: int) -> list[int]:
 
 def test_concurrent_and_killed_retrains(trained_project, tmp_path):
     """A second retrain fails fast naming the first; kill -9 of the first during training
-    stops its stage too; the same command then undoes the killed run's changes, registers
-    exactly one version, and leaves params.yaml and
-    the workspace as they were (a --set run is registered, not kept in the workspace)."""
+    stops its stage too; the same command then undoes the killed run's changes, resumes
+    training after the last finished epoch, registers exactly one version, and leaves
+    params.yaml and the workspace as they were (a --set run is registered, not kept)."""
     root = copy_project(trained_project[0], tmp_path / "p")
-    args = ["retrain", "--set", "train.epochs=4", "--set", "train.patience=4"]
+    epochs = 8  # early stopping off: the killed run is still training when it is killed
+    args = ["retrain", "--set", f"train.epochs={epochs}", "--set", f"train.patience={epochs}"]
+    layout = load_context(root)[1]
     before, versions = workspace_state(root), registry_state(root)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("MLFLOW_TRACKING_URI", None)
     first = subprocess.Popen([str(BIN / "senti"), *args, "--root", str(root)], cwd=root,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True)
-    seen = []
-    for line in first.stdout:  # epoch lines come from the train stage
-        seen.append(line)
-        if line.startswith("Epoch 2/4"):
-            break
-    else:
-        pytest.fail("".join(seen))
-    second = senti(root, "retrain")
+    assert first.stdout.readline(), "the first retrain printed nothing"
+    second = senti(root, "retrain")  # the first holds the lock from its first line on
     assert second.returncode == 1
     assert re.search(rf"^another retrain of this project is running: pid {first.pid} on ",
                      last_line(second)), second.stderr
-    assert "epochs: 4" in (root / "params.yaml").read_text()  # the first run's override
+    assert f"epochs: {epochs}" in (root / "params.yaml").read_text()  # the first's override
+    seen = []
+    for line in first.stdout:  # epoch lines come from the train stage
+        seen.append(line)
+        if re.match(rf"Epoch [2-{epochs - 1}]/{epochs}$", line):
+            break
+    else:
+        pytest.fail("".join(seen))
     first.send_signal(signal.SIGKILL)
     first.wait()
     deadline = time.monotonic() + 10
     while _running(first.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _running(first.pid), "the train stage outlived its killed owner"
+    finished = json.loads((layout.checkpoints / "training_metadata.json").read_text())["epoch"]
 
     again = senti(root, *args)
     assert again.returncode == 0, again.stdout + again.stderr
     (undone,) = [line for line in again.stdout.splitlines()
                  if line.startswith("note: a killed run's changes were undone: ")]
     assert "params.yaml" in undone and "dvc.lock" in undone
+    epoch_lines = re.findall(rf"^Epoch (\d+)/{epochs}$", again.stdout, re.MULTILINE)
+    assert epoch_lines[0] == str(finished + 1), again.stdout  # resumed, not restarted
+    assert not layout.checkpoints.exists()  # a finished training leaves no backup
     assert workspace_state(root) == before  # params.yaml included
     after = registry_state(root)
     assert [v[0] for v in after] == [v[0] for v in versions] + [versions[-1][0] + 1]

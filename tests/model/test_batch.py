@@ -26,9 +26,11 @@ def layout(tmp_path) -> Layout:
 
 
 @pytest.fixture
-def predict(predictor):
-    """The tiny model's predict, taking a frame as a registered model's does."""
-    return lambda frame: predictor.predict(frame["text"].tolist())
+def predict(tiny_model, tmp_path_factory):
+    """Batch prediction with the tiny model, its finished chunks kept in a folder of their
+    own (tests/model/test_batch_dask.py checks them)."""
+    work = tmp_path_factory.mktemp("work")
+    return lambda source, output, **kw: predict_csv(tiny_model, source, output, work, **kw)
 
 
 def _csv(path: Path, texts: list[str]) -> Path:
@@ -89,8 +91,7 @@ def test_an_output_may_not_overwrite_an_artifact_or_be_a_directory(layout):
 
 def test_predictions_keep_every_row_and_column(predict, tmp_path):
     source = _csv(tmp_path / "in.csv", ["质量很好", "hello", "太差了"])
-    report = predict_csv(predict, source, tmp_path / "new" / "out.csv", "7",
-                         chunk_rows=2)
+    report = predict(source, tmp_path / "new" / "out.csv", chunk_rows=2)
     out = pd.read_csv(tmp_path / "new" / "out.csv", dtype={"model_version": str})
     assert report["rows"] == 3 and out["id"].tolist() == [0, 1, 2]
     assert list(out.columns) == ["id", "text", "label", "probability", "prob_negative",
@@ -115,7 +116,7 @@ def test_the_input_is_never_the_output(predict, tmp_path, same):
         os.link(source, output)
     before = _files(tmp_path)
     with pytest.raises(BatchInputError, match=r"input and output are the same file"):
-        predict_csv(predict, source, output, "1")
+        predict(source, output)
     assert _files(tmp_path) == before
 
 
@@ -130,6 +131,6 @@ def test_a_refused_input_leaves_every_file_as_it_was(predict, tmp_path, rows, pr
     before = _files(tmp_path)
     for output in (tmp_path / "out.csv", tmp_path / "new" / "out.csv"):
         with pytest.raises(BatchInputError, match=problem):
-            predict_csv(predict, source, output, "1", chunk_rows=2)
+            predict(source, output, chunk_rows=2)
     assert _files(tmp_path) == before  # no temporary file left, no folder made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]

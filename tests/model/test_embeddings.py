@@ -86,7 +86,7 @@ def test_training_starts_from_the_initial_embedding(tmp_path):
         epochs=1, batch_size=8, learning_rate=0.0, weight_decay=0.0,
         label_smoothing=0.0, token_dropout=0.0, adversarial_eps=0.0, patience=1,
         lr_plateau_factor=1.0, class_weights=False, bucketed_batches=True, seed=0,
-        deterministic=True)
+        deterministic=True, mixed_precision=False)
     rng = np.random.default_rng(0)
     split = ([list(rng.integers(2, 10, size=4)) for _ in range(16)], rng.integers(0, 2, size=16))
     start = rng.normal(size=(10, 4)).astype(np.float32)

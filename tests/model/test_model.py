@@ -21,14 +21,6 @@ def test_padding_does_not_change_predictions():
     assert model(short).shape == (2, 3)
 
 
-def test_lstm_stays_cudnn_eligible():
-    head = build_model(50, 2, PARAMS).get_layer("bilstm_attention")
-    lstm = head.get_layer("bilstm").forward_layer
-    config = lstm.get_config()
-    assert config["activation"] == "tanh" and config["recurrent_activation"] == "sigmoid"
-    assert config["recurrent_dropout"] == 0 and not config["unroll"] and config["use_bias"]
-
-
 def test_saved_model_round_trips(tmp_path):
     model = build_model(50, 2, PARAMS)
     model.save(tmp_path / "m.keras")
@@ -76,7 +68,8 @@ def test_lr_plateau_factor_cuts_the_rate_after_each_epoch_without_val_gain(tmp_p
                                label_smoothing=0.0, token_dropout=0.0, adversarial_eps=0.0,
                                patience=10,
                                lr_plateau_factor=0.5, class_weights=False,
-                               bucketed_batches=True, seed=3, deterministic=True)
+                               bucketed_batches=True, seed=3, deterministic=True,
+                               mixed_precision=False)
     model, history = train_model(split(128), split(64), 50, 2, PARAMS, train_params,
                                  tmp_path / "backup", "test")
     best, cuts = float("inf"), 0
@@ -117,7 +110,8 @@ def test_adversarial_training_returns_the_plain_classifier(tmp_path):
     rng = np.random.default_rng(0)
     base = dict(epochs=2, batch_size=16, learning_rate=0.01, weight_decay=0.0,
                 label_smoothing=0.0, token_dropout=0.0, patience=5, lr_plateau_factor=1.0,
-                class_weights=True, bucketed_batches=True, seed=3, deterministic=True)
+                class_weights=True, bucketed_batches=True, seed=3, deterministic=True,
+                mixed_precision=False)
     train, val = _tiny_split(rng, 96), _tiny_split(rng, 32)
     plain, _ = train_model(train, val, 50, 2, PARAMS, TrainParams(**base, adversarial_eps=0.0),
                            tmp_path / "b1", "test")

@@ -4,7 +4,9 @@ reads of a text, out-of-domain flags, and the request limits of a server."""
 import asyncio
 import io
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
 from senti.prepare import normalise_text
-from senti.serve import InvalidInputError, SentimentPyfunc, _texts_of
+from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
 from senti.server import BodyLimit
 from tests.conftest import REPO
 from tests.model.conftest import LABELS
@@ -36,6 +38,45 @@ def test_batch_order_matches_single_predictions(predictor):
     batch, _ = predictor.score(texts)
     singles = np.concatenate([predictor.score([t])[0] for t in texts])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+
+def test_concurrent_requests_get_their_own_predictions(predictor):
+    texts = ["质量很好，物流也快，非常满意", "差", "一般般吧", "太差了，再也不买了"] * 4
+    alone = [predictor.predict([t]) for t in texts]
+    with ThreadPoolExecutor(8) as clients:  # as the server's request threads call it
+        together = list(clients.map(lambda t: predictor.predict([t]), texts))
+    for one, other in zip(alone, together, strict=True):
+        assert one[["label", "flag"]].equals(other[["label", "flag"]])
+        np.testing.assert_allclose(one["prob_positive"], other["prob_positive"], atol=1e-5)
+
+
+def test_the_model_thread_merges_what_queues_while_it_is_busy():
+    running, busy, calls = threading.Event(), threading.Event(), []
+
+    def infer(ids: np.ndarray) -> np.ndarray:  # row sums, each call's shape recorded
+        calls.append(ids.shape)
+        running.set()
+        busy.wait(10)
+        return ids.sum(axis=1, keepdims=True)
+    model = ModelThread(infer, max_rows=4)
+    first = model.submit([[1, 2]])  # runs alone; the model is busy until `busy` is set
+    assert running.wait(10)
+    queued = [model.submit(seqs) for seqs in ([[3]], [[4, 4, 4], [5]], [[6], [7]])]
+    busy.set()
+    assert first.result(10).tolist() == [[3]]
+    assert [f.result(10).tolist() for f in queued] == [[[3]], [[12], [5]], [[6], [7]]]
+    assert calls == [(1, 2), (3, 3), (2, 1)]  # 1+2 rows merged, padded; 2 more: over max_rows
+
+
+def test_a_failed_forward_pass_fails_only_its_callers():
+    def infer(ids: np.ndarray) -> np.ndarray:
+        if (ids == 0).any():
+            raise ValueError("padding seen")
+        return ids
+    model = ModelThread(infer, max_rows=1)
+    with pytest.raises(ValueError, match="padding seen"):
+        model.submit([[1, 2], [3]]).result(10)
+    assert model.submit([[5]]).result(10).tolist() == [[5]]  # the thread carries on
 
 
 def test_huge_text_is_clipped_not_rejected(predictor):

@@ -1,5 +1,5 @@
 """Stage ``prepare``: clean, de-duplicate and split the validated raw data, without the rows
-validation quarantined."""
+validation quarantined. The raw CSV is read in batches, never whole."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from senti import prepare
 from senti.config import load_context
 from senti.io import atomic_path, read_json, write_json
 from senti.stages import main
-from senti.validate import read_raw_csv
+from senti.validate import read_raw_batches
 
 
 def run(root: Path) -> dict:
@@ -19,14 +19,10 @@ def run(root: Path) -> dict:
     if not read_json(layout.validation_report).get("success"):
         raise ValueError(f"{layout.validation_report} records a failed validation: "
                          "fix the data and run the validate stage first")
-    raw = read_raw_csv(layout.raw_csv, params.data.max_source_bytes)
     quarantined = pd.read_csv(layout.quarantine, usecols=["row"])["row"]
-    if not quarantined.between(0, len(raw) - 1).all():
-        raise ValueError(f"{layout.quarantine} lists rows that {layout.raw_csv} does not have: "
-                         "run the validate stage first")
     dataset, labels, report = prepare.prepare(
-        raw, params.data.labels, params.data.sample_size,
-        params.data.val_fraction, params.data.test_fraction,
+        read_raw_batches(layout.raw_csv, params.data.max_source_bytes), params.data.labels,
+        params.data.sample_size, params.data.val_fraction, params.data.test_fraction,
         max_chars=params.validate.max_text_chars,
         min_rows=params.validate.min_rows_after_cleaning, quarantined=quarantined.tolist())
     for split, counts in report["splits"].items():

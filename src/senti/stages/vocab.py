@@ -1,27 +1,40 @@
-"""Stage ``vocab``: the vocabulary of the training split."""
+"""Stage ``vocab``: the vocabulary of the training split, read from the tokens file in
+batches (never whole: one pass for the training counts, one per split for its OOV rate)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from senti.config import load_context
 from senti.io import write_json
 from senti.stages import main
 from senti.vocab import build_vocab, save_vocab
 
+BATCH_ROWS = 65_536  # rows of the tokens file decoded at a time
+
+
+def token_lists(path: Path, split: str) -> Iterator[list[str]]:
+    """The token lists of the texts of one ``split``, in file order."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
+                                                   columns=["split", "tokens"]):
+        rows = batch.filter(pc.equal(batch.column("split"), split))  # only these converted
+        yield from rows.column("tokens").to_pandas()
+
 
 def run(root: Path) -> dict:
     params, layout = load_context(root)
-    tokens = pd.read_parquet(layout.tokens)
-    by_split = {s: tokens.loc[tokens["split"] == s, "tokens"] for s in ("train", "val", "test")}
-    vocabulary = build_vocab(by_split["train"], params.vocab.min_freq, params.vocab.max_size)
+    vocabulary = build_vocab(token_lists(layout.tokens, "train"), params.vocab.min_freq,
+                             params.vocab.max_size)
     digest = save_vocab(vocabulary, layout.vocab)
     report = {
         "size": len(vocabulary),
         "sha256": digest,
-        "oov_rate": {s: round(vocabulary.oov_rate(by_split[s]), 5) for s in ("val", "test")},
+        "oov_rate": {s: round(vocabulary.oov_rate(token_lists(layout.tokens, s)), 5)
+                     for s in ("val", "test")},
     }
     write_json(layout.vocab_report, report)
     return report
