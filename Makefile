@@ -2,7 +2,7 @@
 #   make retrain   set everything up, then run `senti retrain` on the bundled corpus
 #   make test      set everything up, then run ruff and the whole test suite
 # and the fast loop while developing:
-#   make test-fast ruff and every test that trains no model (under 2 minutes)
+#   make test-fast ruff and every test that trains no model (goal: under 2 minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(CURDIR)/$(VENV)/bin
