@@ -150,9 +150,11 @@ def _engine(client: Client, where: str) -> Engine:
 def run_chunks(engine: Engine, task: Callable[..., T], chunks: Iterable[tuple[int, tuple]],
                ordered: bool = False) -> Iterator[tuple[int, T]]:
     """``(index, task(*args))`` for each ``(index, args)`` of ``chunks``, with at most two
-    chunks per slot of ``engine`` submitted and not yet returned; as they finish, or in the order of
-    ``chunks`` when ``ordered``. The first chunk that fails stops the run (chunks not yet
-    returned are cancelled): its exception is raised, a dead worker as :class:`ChunkError`."""
+    chunks per slot of ``engine`` submitted and not yet returned; as they finish (of those
+    finished together, the successes first, then by index: the same order on every run of the
+    in-process engine), or in the order of ``chunks`` when ``ordered``. The first chunk that
+    fails stops the run (chunks not yet returned are cancelled): its exception is raised, a
+    dead worker as :class:`ChunkError`."""
     pending: dict[Future, int] = {}
     order: list[Future] = []
     source = iter(chunks)
@@ -174,8 +176,9 @@ def run_chunks(engine: Engine, task: Callable[..., T], chunks: Iterable[tuple[in
             if ordered:
                 done = [order[0]]
                 wait(done)
-            else:
-                done = list(wait(pending, return_when=FIRST_COMPLETED).done)
+            else:  # finished together: the successes first (all kept), then by index
+                done = sorted(wait(pending, return_when=FIRST_COMPLETED).done,
+                              key=lambda f: (_failed(f), pending[f]))
             for future in done:
                 index = pending.pop(future)
                 order.remove(future)
@@ -183,6 +186,11 @@ def run_chunks(engine: Engine, task: Callable[..., T], chunks: Iterable[tuple[in
     finally:
         for future in pending:
             future.cancel()
+
+
+def _failed(future: Future) -> bool:
+    """Whether a finished future holds an exception (or was cancelled)."""
+    return future.cancelled() or future.exception() is not None
 
 
 def _result(future: Future[T], index: int) -> T:
