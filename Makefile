@@ -7,6 +7,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers (tests/conftest.py keeps each module, and the team stack, on one worker)
+TEST_WORKERS ?= 2
 # Stage commands (`python -m senti.stages...`) run in DVC's shell: put this venv first on PATH.
 export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := False
@@ -33,10 +35,10 @@ lint: setup
 	$(BIN)/ruff check src flows tests bench
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 test-fast: lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -88,6 +88,38 @@ def make_project(root: Path, params: dict | None = None) -> Path:
     return root
 
 
+def _group(nodeid: str) -> str:
+    """A test's group for the two workers of ``make test`` (pytest-xdist): its module, so the
+    module's fixtures are built once, except that the tests on the team stack share one group,
+    so the stack is started once."""
+    return "tests/stack" if nodeid.startswith("tests/stack/") else nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On an xdist worker: the groups with slow tests first, in a collection order the
+    scheduler keeps. Longest first keeps both workers busy to the end; with the slow groups
+    last, one worker would finish a slow group alone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow = {_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: _group(item.nodeid) not in slow)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole groups (:func:`_group`) to one worker each. (xdist's own ``--dist loadgroup``
+    does not group on pytest 9: it renames the node ids through an attribute pytest 9 no
+    longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order of the collection: slow first
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ByGroup(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _forget_mlflow_artifact_locations():
     """MLflow caches each run's artifact repository by run id for the whole process, whatever
