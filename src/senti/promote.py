@@ -233,11 +233,21 @@ def policy_overridden(decision: GateDecision, overrides: Mapping[str, Any],
                             *decision.reasons])
 
 
+def require_test_split(layout: Layout) -> None:
+    """Refuse to judge in a checkout without the pipeline's outputs the gate reads (the
+    test split and the label order), naming the missing file and how to get it."""
+    for path in (layout.tokens, layout.labels):
+        if not path.is_file():
+            raise PromotionError(f"{path} is missing: the gate scores the test split of this "
+                                 "checkout; run senti retrain (or dvc pull) first")
+
+
 def judge(layout: Layout, params: PromoteParams, challenger: tuple[str, Predict],
           champion: tuple[str, Predict] | None, *, validation_passed: bool,
           run_metrics: dict[str, float]) -> GateDecision:
     """Score the challenger and the champion (``(version, predict)`` pairs) on the current
     test split, run the behavioural suite on the challenger, and :func:`decide`."""
+    require_test_split(layout)
     tokens = pd.read_parquet(layout.tokens, columns=["text", "label", "split"])
     test = tokens[tokens["split"] == "test"]
     if test.empty:

@@ -342,6 +342,7 @@ def evaluate_gate(layout: Layout, params: Params,
     a version registered without it fails the gate's validation condition.
     """
     name = params.registry.model_name
+    gate.require_test_split(layout)  # before any model is loaded
     configure(layout, params.registry.experiment)
     client = MlflowClient()
     challenger = version or alias_version(name, tags.CHALLENGER)

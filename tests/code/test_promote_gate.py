@@ -246,3 +246,10 @@ def test_malformed_suite_is_rejected(tmp_path):
     path.write_text('{"id": "a", "check": "emoji", "texts": ["很好"]}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="at least two texts"):
         load_cases(path)
+
+
+def test_judging_in_a_checkout_without_outputs_names_the_missing_file(tmp_path):
+    layout = Layout(tmp_path, load_params(REPO).paths)
+    with pytest.raises(PromotionError, match=r"tokens\.parquet is missing: .*senti retrain"):
+        judge(layout, LENIENT, ("2", lambda frame: frame), None, validation_passed=True,
+              run_metrics={})
