@@ -45,6 +45,7 @@ NO_KNOWN_TOKENS = "no_known_tokens"  # every token out of the vocabulary
 LOW_COVERAGE = "low_coverage"  # known share below serve.min_known_share
 OK = "ok"
 _CJK = re.compile(CJK_PATTERN)
+_OBJECT_COLUMNS = ("label", "probability", "flag")
 
 
 class InvalidInputError(ValueError):
@@ -175,12 +176,13 @@ class Predictor:
             proba[rows] = future.result()
         return proba, encoded
 
-    def predict(self, texts: Sequence[object]) -> pd.DataFrame:
-        """Per text: ``label`` and ``probability`` (of that label), ``prob_<label>`` for every
+    def columns(self, texts: Sequence[object]) -> dict[str, list]:
+        """The answer for ``texts`` column by column, as plain Python values (what JSON
+        carries): ``label`` and ``probability`` (of that label), ``prob_<label>`` for every
         class, ``known_share`` (share of the tokens read that are in the vocabulary) and
         ``flag`` (:data:`OK`, :data:`LOW_COVERAGE`, :data:`NO_KNOWN_TOKENS`,
-        :data:`NO_CHINESE`). The last two leave ``label`` and ``probability`` empty (None);
-        the ``prob_<label>`` columns always hold the model's raw output."""
+        :data:`NO_CHINESE`). The last two leave ``label`` and ``probability`` None; the
+        ``prob_<label>`` columns always hold the model's raw output."""
         checked = check_texts(texts)
         proba, encoded = self.score(checked)
         known = np.array([np.mean(np.asarray(ids) != OOV_ID) for ids in encoded], dtype=float)
@@ -191,16 +193,27 @@ class Predictor:
         judged = chinese & (known > 0)
         best = proba.argmax(axis=1)
         top = proba[np.arange(len(best)), best].astype(float)
+        return {
+            "label": [self.labels[b] if j else None for b, j in zip(best, judged, strict=True)],
+            "probability": [float(p) if j else None for p, j in zip(top, judged, strict=True)],
+            **{f"prob_{label}": proba[:, j].astype(float).tolist()
+               for j, label in enumerate(self.labels)},
+            "known_share": known.tolist(),
+            "flag": flags.tolist(),
+        }
+
+    def predict(self, texts: Sequence[object]) -> pd.DataFrame:
+        """:meth:`columns` as a DataFrame: ``label``, ``probability`` and ``flag`` are object
+        columns (a declined row holds None, JSON null, not NaN), the rest float64."""
         return pd.DataFrame({  # one constructor call: a column at a time costs ~3x as much
-            # object columns: a declined row holds None (JSON null), not NaN
-            "label": pd.Series([self.labels[b] if j else None for b, j in zip(
-                best, judged, strict=True)], dtype=object),
-            "probability": pd.Series([float(p) if j else None for p, j in zip(
-                top, judged, strict=True)], dtype=object),
-            **{f"prob_{label}": proba[:, j].astype(float) for j, label in enumerate(self.labels)},
-            "known_share": known,
-            "flag": flags.astype(object),
-        })
+            name: pd.Series(values, dtype=object) if name in _OBJECT_COLUMNS else
+            np.asarray(values, dtype=float) for name, values in self.columns(texts).items()})
+
+    def records(self, texts: Sequence[object]) -> list[dict[str, object]]:
+        """:meth:`columns` as one dict per text: the rows :meth:`predict`'s DataFrame gives
+        as records, built without pandas (the serving fast path, :mod:`senti.server`)."""
+        columns = self.columns(texts)
+        return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def _texts_of(model_input: object) -> list[object]:

@@ -8,16 +8,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.pyfunc import scoring_server
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
 from senti.prepare import normalise_text
+from senti.registry import INPUT_EXAMPLE, PYFUNC_MODEL
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
-from senti.server import BodyLimit
+from senti.server import BodyLimit, FastInvocations
 from tests.conftest import REPO
 from tests.model.conftest import LABELS
 
@@ -217,3 +221,92 @@ def test_a_streamed_body_over_the_limit_is_refused_before_its_end():
 def test_serve_params_are_checked(override, message):
     with pytest.raises(ParamsError, match=message):
         apply_overrides(load_params(REPO).raw, parse_overrides([override]))
+
+
+@pytest.fixture(scope="module")
+def apps(tiny_model_dir, tmp_path_factory):
+    """MLflow's scoring app for the tiny model saved as senti registers it (models from code,
+    its signature), at most 3 rows a request; and that app behind :class:`FastInvocations`,
+    with a list that records each request that reached MLflow's app."""
+    folder = tmp_path_factory.mktemp("pyfunc")
+    (folder / "serving.json").write_text(json.dumps({"maxlen": 16}))
+    example = pd.DataFrame({"text": INPUT_EXAMPLE})
+    mlflow.pyfunc.save_model(
+        folder / "model", python_model=str(PYFUNC_MODEL), input_example=example,
+        artifacts={"model": str(tiny_model_dir / "model.keras"),
+                   "vocab": str(tiny_model_dir / "vocab.json"),
+                   "labels": str(tiny_model_dir / "labels.json"),
+                   "serving_config": str(folder / "serving.json")},
+        signature=infer_signature(example, pd.DataFrame(
+            {"label": LABELS, "probability": [0.9, 0.8],
+             **{f"prob_{label}": 0.5 for label in LABELS}})))
+    model = mlflow.pyfunc.load_model(str(folder / "model"))
+    model.unwrap_python_model().configure(min_known_share=0.5, max_rows=3)
+    mlflow_app = scoring_server.init(model)
+    reached: list[bytes] = []
+
+    async def counted(scope, receive, send):
+        reached.append((await receive())["body"])
+        return await mlflow_app(scope, lambda: _message(reached[-1]), send)
+    return mlflow_app, FastInvocations(counted, model.unwrap_python_model()), reached
+
+
+async def _message(body: bytes) -> dict:
+    return {"type": "http.request", "body": body, "more_body": False}
+
+
+def _invoke(app, body: bytes, content_type: bytes = b"application/json") -> tuple:
+    """POST ``body`` to /invocations of an ASGI ``app``: (status, content type, body)."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/invocations",
+                     "headers": [(b"content-type", content_type)], "query_string": b"",
+                     "scheme": "http", "server": ("test", 80), "root_path": "",
+                     "http_version": "1.1"}, lambda: _message(body), send))
+    headers = dict(sent[0]["headers"])
+    return sent[0]["status"], headers[b"content-type"], b"".join(
+        m.get("body", b"") for m in sent[1:])
+
+
+FAST = [
+    {"dataframe_records": [{"text": "质量很好"}, {"text": "hello"}, {"text": "太差了"}]},
+    {"dataframe_split": {"columns": ["text"], "data": [["质量很好"], ["很 好"]]}},
+    {"dataframe_records": [{"text": "一" * 500}]},
+    {"inputs": ["好", "hello"]},
+]
+SLOW = [  # MLflow's app answers these (other shapes, bad rows, over the limit)
+    {"dataframe_records": [{"text": None}]},
+    {"dataframe_records": [{"text": 42}]},
+    {"dataframe_records": [{"text": "  "}]},
+    {"dataframe_records": [{"text": "好"}] * 4},
+    {"dataframe_records": [{"review": "好"}]},
+    {"dataframe_records": [{"text": "好", "extra": 1}]},
+    {"dataframe_records": []},
+    {"dataframe_split": {"columns": ["text"], "data": [["好"]], "index": [5]}},
+    {"inputs": ["好", None]},
+    {"inputs": [{"text": "好"}]},
+    {"dataframe_records": [{"text": "好"}], "params": {"x": 1}},
+]
+
+
+@pytest.mark.parametrize("payload", FAST + SLOW, ids=lambda p: json.dumps(p)[:60])
+def test_the_fast_path_answers_with_mlflows_bytes(apps, payload):
+    mlflow_app, fast_app, reached = apps
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    reached.clear()
+    assert _invoke(fast_app, body) == _invoke(mlflow_app, body)
+    assert reached == ([] if payload in FAST else [body])  # the fast path or MLflow's
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"{", b"application/json"),
+    ('{"dataframe_records": [{"text": "好"}]}'.encode(), b"application/json; charset=latin-1"),
+    (b"text\n\xe5\xa5\xbd\n", b"text/csv"),
+])
+def test_other_bodies_reach_mlflows_app_unchanged(apps, body, content_type):
+    mlflow_app, fast_app, reached = apps
+    reached.clear()
+    assert _invoke(fast_app, body, content_type) == _invoke(mlflow_app, body, content_type)
+    assert reached == [body]
