@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import mlflow.pyfunc
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from senti.config import ServeParams
 from senti.serve import TEXT_COLUMN, InvalidInputError, SentimentPyfunc, check_texts
@@ -72,11 +74,13 @@ def _fast_texts(body: bytes) -> list[str] | None:
     ``{"dataframe_records": [{"text": ...}, ...]}`` and ``{"dataframe_split": {"columns":
     ["text"], "data": [[...], ...]}}``) when every one is a text the model can read; None for
     anything else (other shapes, ``params``, a bad row, malformed JSON), which MLflow's app
-    then answers."""
+    then answers. A body nested too deeply for Python's parser raises InvalidInputError."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except ValueError:  # not UTF-8 or not JSON: MLflow's app answers with its 400
         return None
+    except RecursionError as exc:  # MLflow's app would fail on it with a 500
+        raise InvalidInputError("the JSON body is nested too deeply to read") from exc
     if not isinstance(payload, dict) or len(payload) != 1:
         return None
     records, split, inputs = (payload.get(key) for key in (
@@ -125,7 +129,11 @@ class FastInvocations:
                 return None
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        texts = _fast_texts(body)
+        try:
+            texts = _fast_texts(body)
+        except InvalidInputError as exc:
+            return await _answer(send, 400, MlflowException(
+                str(exc), error_code=INVALID_PARAMETER_VALUE).serialize_as_json().encode())
         if texts is None or (self.model.max_rows is not None
                              and len(texts) > self.model.max_rows):
             replay = [{"type": "http.request", "body": body, "more_body": False}]
@@ -150,12 +158,13 @@ async def _answer(send, status: int, body: bytes) -> None:
 
 
 def _is_json(scope: dict) -> bool:
-    """Whether the request says its body is UTF-8 JSON (MLflow's app refuses other
-    charsets with 415; those requests take its path)."""
+    """Whether the request's content type is one MLflow's app reads as UTF-8 JSON (it answers
+    any other charset or parameter with 415; those requests take its path)."""
     content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-    mime, *parameters = (part.strip().lower() for part in content_type.split(";"))
-    return mime == "application/json" and all(p in ("charset=utf-8", "charset=utf8", "")
-                                              for p in parameters)
+    mime, *parameters = (part.strip() for part in content_type.split(";"))
+    return mime == "application/json" and all(
+        key == "charset" and value.lower() == "utf-8"
+        for key, _, value in (p.partition("=") for p in parameters))
 
 
 def scoring_app() -> BodyLimit:

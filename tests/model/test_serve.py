@@ -304,9 +304,28 @@ def test_the_fast_path_answers_with_mlflows_bytes(apps, payload):
     (b"{", b"application/json"),
     ('{"dataframe_records": [{"text": "好"}]}'.encode(), b"application/json; charset=latin-1"),
     (b"text\n\xe5\xa5\xbd\n", b"text/csv"),
+    ('{"dataframe_records": [{"text": "好"}]}'.encode(), b"application/json; charset=utf8"),
+    ('{"dataframe_records": [{"text": "好"}]}'.encode(), b"application/json;"),
+    ('{"dataframe_records": [{"text": "好"}]}'.encode(), b"Application/JSON"),
 ])
 def test_other_bodies_reach_mlflows_app_unchanged(apps, body, content_type):
     mlflow_app, fast_app, reached = apps
     reached.clear()
     assert _invoke(fast_app, body, content_type) == _invoke(mlflow_app, body, content_type)
     assert reached == [body]
+
+
+def test_a_body_nested_too_deeply_gets_a_400_not_a_500(apps):
+    _, fast_app, reached = apps
+    reached.clear()
+    status, _, body = _invoke(fast_app, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and reached == []
+    assert json.loads(body)["message"] == "the JSON body is nested too deeply to read"
+
+
+def test_a_charset_in_upper_case_takes_the_fast_path(apps):
+    mlflow_app, fast_app, reached = apps
+    body, content_type = '{"inputs": ["好"]}'.encode(), b"application/json; charset=UTF-8"
+    reached.clear()
+    assert _invoke(fast_app, body, content_type) == _invoke(mlflow_app, body, content_type)
+    assert reached == []
