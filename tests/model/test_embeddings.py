@@ -37,6 +37,7 @@ def test_vectors_learn_which_words_share_contexts(architecture):
     assert same > other + 0.3
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
 def test_vectors_are_the_same_in_every_process(architecture):
     # Python salts str hashes per process; the vectors must not depend on that.
@@ -78,6 +79,7 @@ def test_no_pretraining_gives_a_random_matrix_without_a_corpus():
     assert learnt == 1 and np.linalg.norm(matrix[2]) == pytest.approx(0.7, rel=1e-5)
 
 
+@pytest.mark.slow  # trains
 def test_training_starts_from_the_initial_embedding(tmp_path):
     model_params = ModelParams(embed_dim=4, lstm_units=4, dropout=0.1, spatial_dropout=0.1,
                                maxlen=8)

@@ -58,6 +58,7 @@ def test_predict_proba_keeps_input_order():
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
+@pytest.mark.slow  # trains
 def test_lr_plateau_factor_cuts_the_rate_after_each_epoch_without_val_gain(tmp_path):
     rng = np.random.default_rng(0)  # random labels: memorising them makes val loss go up
 
@@ -106,6 +107,7 @@ def test_adversarial_perturbation_has_norm_eps_per_text_and_raises_the_loss():
     assert float(pushed) > float(clean)
 
 
+@pytest.mark.slow  # trains
 def test_adversarial_training_returns_the_plain_classifier(tmp_path):
     rng = np.random.default_rng(0)
     base = dict(epochs=2, batch_size=16, learning_rate=0.01, weight_decay=0.0,
