@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 # Files a project needs: the pipeline definition, params, the user dictionary, the code that
@@ -98,10 +99,25 @@ def _group(nodeid: str) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """On an xdist worker: the groups with slow tests first, in a collection order the
     scheduler keeps. Longest first keeps both workers busy to the end; with the slow groups
-    last, one worker would finish a slow group alone."""
+    last, one worker would finish a slow group alone. The first group is one that needs the
+    :func:`trained_project` (that worker trains it); the slow groups that need none come next,
+    so the other worker runs them while it trains instead of waiting for it."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         slow = {_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
-        items.sort(key=lambda item: _group(item.nodeid) not in slow)
+        trained = {_group(item.nodeid) for item in items
+                   if "trained_project" in getattr(item, "fixturenames", ())}
+        first = next((_group(item.nodeid) for item in items
+                      if _group(item.nodeid) in slow & trained), None)
+
+        def rank(item: pytest.Item) -> int:
+            group = _group(item.nodeid)
+            if group == first:
+                return 0
+            if group in slow:
+                return 1 if group not in trained else 2
+            return 3
+
+        items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -143,11 +159,26 @@ def prefect_harness():
 def trained_project(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
     """A project retrained once with the tiny params (version 1, the champion, its data
     pushed to the project's default DVC remote) and the flow's result. Read it, never change
-    it: a test that retrains, promotes or edits files works on :func:`copy_project`."""
+    it: a test that retrains, promotes or edits files works on :func:`copy_project`.
+
+    Under xdist it is trained once for all workers: the first worker that needs it trains it
+    while holding a file lock, and every worker reads its own copy (with its remote), since
+    DVC locks a repository even to read it."""
     from flows.retrain import retrain
 
-    root = make_project(tmp_path_factory.mktemp("shared") / "project", SHARED_GATE)
-    return root, retrain(root=str(root))
+    own = tmp_path_factory.getbasetemp() / "shared"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = make_project(own / "project", SHARED_GATE)
+        return root, retrain(root=str(root))
+    common = tmp_path_factory.getbasetemp().parent / "trained"
+    result = common / "result.json"
+    with FileLock(common.parent / "trained.lock"):
+        if not result.exists():
+            root = make_project(common / "project", SHARED_GATE)
+            result.write_text(json.dumps(retrain(root=str(root))), encoding="utf-8")
+    shutil.copytree(common / "senti-dvc-remote", own / "senti-dvc-remote")
+    return (copy_project(common / "project", own / "project"),
+            json.loads(result.read_text(encoding="utf-8")))
 
 
 def copy_project(root: Path, dest: Path) -> Path:

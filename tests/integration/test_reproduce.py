@@ -1,7 +1,8 @@
 """`senti lineage reproduce` end to end: version 1 of the shared trained project retrained from
 its recorded inputs (a fresh clone of the recorded commit, the restored raw data, params.yaml
 and dvc.lock) while another process keeps a CPU core busy, compared with what was recorded.
-Training must be deterministic for the weights and every test metric to come back identical.
+Training must be deterministic for the weights, every test metric and every test prediction
+to come back identical.
 The shared project is only read: the reproduction lives in the test's own directory."""
 
 from __future__ import annotations
@@ -41,5 +42,7 @@ def test_reproduce_gives_the_recorded_weights_and_metrics_under_load(trained_pro
         assert line in result.stdout
     assert (workdir / "src" / "senti" / "lineage.py").is_file()  # the recorded commit's code
     assert (workdir / "models" / "bilstm" / "model.keras").is_file()  # trained there
+    predictions = "reports/test_predictions.csv"  # every probability, to the last digit
+    assert (workdir / predictions).read_bytes() == (root / predictions).read_bytes()
     assert [str(v.version) for v in MlflowClient().search_model_versions(
         f"name = '{MODEL}'")] == [first["version"]]  # nothing registered

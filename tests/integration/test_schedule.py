@@ -48,7 +48,9 @@ READY = "Your deployments are being served"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
+    # the served runner looks for runs every second, not every 10 s as by default
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", **extra}
     # set by an earlier registry.configure() in this process: a child must pick its own store
     env.pop("MLFLOW_TRACKING_URI", None)
     return env

@@ -192,7 +192,7 @@ def test_concurrent_and_killed_retrains(trained_project, tmp_path):
     training after the last finished epoch, registers exactly one version, and leaves
     params.yaml and the workspace as they were (a --set run is registered, not kept)."""
     root = copy_project(trained_project[0], tmp_path / "p")
-    epochs = 8  # early stopping off: the killed run is still training when it is killed
+    epochs = 5  # early stopping off: the killed run is still training when it is killed
     args = ["retrain", "--set", f"train.epochs={epochs}", "--set", f"train.patience={epochs}"]
     layout = load_context(root)[1]
     before, versions = workspace_state(root), registry_state(root)

@@ -1,19 +1,13 @@
-"""Deterministic training: the same data, params and seed give the same batches, and a retrain
-gives bit-identical weights and predictions in another process, also on a loaded CPU."""
+"""Deterministic training: the same data, params and seed give the same batches. (That a
+retrain in another process, on a loaded CPU, gives bit-identical weights and predictions is
+tests/integration/test_reproduce.py.)"""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.determinism import cpu_load
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
-from senti.io import read_json
 from senti.train import make_dataset
 from senti.vocab import OOV_ID
 from tests.conftest import REPO
@@ -43,28 +37,3 @@ def test_batches_and_dropped_tokens_follow_the_seed_not_the_threads():
 def test_deterministic_is_true_or_false():
     with pytest.raises(ParamsError, match=r"^train\.deterministic: expected true/false, got 1$"):
         apply_overrides(load_params(REPO).raw, parse_overrides(["train.deterministic=1"]))
-
-
-def _run_stage(project: Path, stage: str) -> None:
-    done = subprocess.run([sys.executable, "-m", f"senti.stages.{stage}"], cwd=project,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-
-
-@pytest.mark.slow
-def test_a_retrain_on_a_loaded_cpu_gives_the_same_weights_and_predictions(
-        trained_project, tmp_path):
-    # The first training is the shared project's own: its pipeline ran the train stage in a
-    # process of its own. The second runs on its inputs alone, while every core is busy.
-    root, retrained = trained_project[0], tmp_path / "retrained"
-    shutil.copytree(root / "data" / "processed", retrained / "data" / "processed")
-    shutil.copy2(root / "params.yaml", retrained / "params.yaml")
-    with cpu_load(busy=True):
-        _run_stage(retrained, "train")
-        _run_stage(retrained, "evaluate")
-    first, second = root / "reports", retrained / "reports"
-    assert read_json(second / "train.json")["weights_sha256"] == \
-        read_json(first / "train.json")["weights_sha256"]
-    assert read_json(second / "metrics.json") == read_json(first / "metrics.json")
-    assert (second / "test_predictions.csv").read_bytes() == \
-        (first / "test_predictions.csv").read_bytes()
