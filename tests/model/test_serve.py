@@ -239,7 +239,8 @@ def apps(tiny_model_dir, tmp_path_factory):
                    "serving_config": str(folder / "serving.json")},
         signature=infer_signature(example, pd.DataFrame(
             {"label": LABELS, "probability": [0.9, 0.8],
-             **{f"prob_{label}": 0.5 for label in LABELS}})))
+             **{f"prob_{label}": 0.5 for label in LABELS}})),
+        pip_requirements=[])  # senti pins its own; MLflow would spend seconds inferring them
     model = mlflow.pyfunc.load_model(str(folder / "model"))
     model.unwrap_python_model().configure(min_known_share=0.5, max_rows=3)
     mlflow_app = scoring_server.init(model)
