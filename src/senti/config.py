@@ -284,6 +284,7 @@ class Paths(_Section):
     embeddings: RelPath
     model_dir: RelPath
     checkpoints: RelPath
+    encoded: RelPath
     reports: RelPath
     ingest_report: RelPath
     validation_report: RelPath

@@ -28,9 +28,10 @@ import tensorflow as tf
 from senti.config import ModelParams, TrainParams
 from senti.io import sha256_bytes
 from senti.model import build_model, dtype_policy
-from senti.vocab import OOV_ID
+from senti.vocab import OOV_ID, EncodedTexts
 
 _BACKUP_FINGERPRINT = "config.sha256"
+READ_ROWS = 256  # texts the input pipeline reads from its EncodedTexts at a time
 
 
 def bucket_boundaries(maxlen: int) -> list[int]:
@@ -55,27 +56,39 @@ def make_dataset(
     bucketing. Every random choice (order, bucket mixing, dropped tokens, new ones each epoch)
     follows ``seed``: the same arguments give the same batches in every process, whatever
     the threads of the parallel map do.
+
+    The texts are read from ``sequences`` :data:`READ_ROWS` at a time, in the pipeline's
+    order, as it reaches them: an :class:`~senti.vocab.EncodedTexts` memory-mapped from disk
+    (:func:`~senti.vocab.encode_to_file`) is never loaded whole, and nothing is copied into
+    the graph. Lists of ids are converted to one in memory first.
     """
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    if lengths.size and (lengths.min() < 1 or lengths.max() > maxlen):
+    texts = (sequences if isinstance(sequences, EncodedTexts)
+             else EncodedTexts.from_lists(sequences))
+    if texts.lengths.size and (texts.lengths.min() < 1 or texts.lengths.max() > maxlen):
         raise ValueError("sequences must hold 1..maxlen ids (see Vocabulary.encode)")
-    flat = tf.constant(np.fromiter((i for s in sequences for i in s), dtype=np.int32))
-    starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
-    lengths_t = tf.constant(lengths)
     onehot = tf.one_hot(tf.constant(labels, dtype=tf.int32), num_classes)
 
-    def element(i):
-        return flat[starts[i]:starts[i] + lengths_t[i]], onehot[i]
+    def read(indices):  # one Python call per READ_ROWS texts, not per text
+        ids, lengths = tf.numpy_function(texts.gather, [indices], (tf.int32, tf.int64),
+                                         stateful=False)
+        ids.set_shape([None, None])
+        lengths.set_shape([None])
+        return ids, lengths, tf.gather(onehot, indices)
 
-    def drop_tokens(i, draw):
-        ids, label = element(i)
+    def element(padded, length, label):
+        return padded[:length], label
+
+    def drop_tokens(read_element, draw):
+        ids, label = element(*read_element)
         noise = tf.random.stateless_uniform(
             tf.shape(ids), seed=[tf.constant(seed, tf.int64), draw])
         return tf.where(noise < token_dropout, tf.constant(OOV_ID, tf.int32), ids), label
 
-    ds = tf.data.Dataset.range(len(sequences))
+    ds = tf.data.Dataset.range(len(texts))
     if shuffle:
-        ds = ds.shuffle(len(sequences), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(READ_ROWS).map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                                 deterministic=True).unbatch()
     if token_dropout > 0:
         # One draw per text and epoch, taken in the pipeline's order, seeds a stateless mask:
         # a stateful random op in the parallel map would hand each text whichever number

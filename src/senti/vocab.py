@@ -90,9 +90,63 @@ def class_indices(labels: Iterable[str], label_order: Sequence[str]) -> np.ndarr
     return np.fromiter((index[label] for label in labels), dtype=np.int64)
 
 
+class EncodedTexts(Sequence[np.ndarray]):
+    """The token ids of many texts end to end: ``ids`` (int32: in memory, or a read-only
+    memmap of the file :func:`encode_to_file` wrote, so that training reads its texts from
+    disk) and each text's ``lengths``. ``texts[i]`` is the ids of text ``i``, a view."""
+
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        self.ids, self.lengths = ids, np.asarray(lengths, dtype=np.int64)
+        self.starts = np.cumsum(self.lengths) - self.lengths
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> EncodedTexts:
+        """The ids of ``sequences`` (lists of ids) in memory."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        return cls(np.fromiter((i for s in sequences for i in s), dtype=np.int32,
+                               count=int(lengths.sum())), lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        start = self.starts[i]
+        return np.asarray(self.ids[start:start + self.lengths[i]])
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the texts at ``indices``, one row each, right-padded with 0 to the
+        longest of them (int32), and their lengths."""
+        lengths = self.lengths[indices]
+        columns = np.arange(lengths.max() if lengths.size else 0)
+        inside = columns < lengths[:, None]
+        batch = np.zeros(inside.shape, dtype=np.int32)
+        batch[inside] = self.ids[(self.starts[indices][:, None] + columns)[inside]]
+        return batch, lengths
+
+
 def encode_split(token_lists: Iterable[Sequence[str]], labels: Iterable[str], vocab: Vocabulary,
-                 maxlen: int, label_order: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+                 maxlen: int, label_order: Sequence[str]) -> tuple[EncodedTexts, np.ndarray]:
     """Token ids (:meth:`Vocabulary.encode`) and class indices of one split: the model's
     training and test input."""
-    return ([vocab.encode(list(tokens), maxlen) for tokens in token_lists],
+    return (EncodedTexts.from_lists([vocab.encode(list(tokens), maxlen)
+                                     for tokens in token_lists]),
             class_indices(labels, label_order))
+
+
+def encode_to_file(batches: Iterable[tuple[Iterable[Sequence[str]], Iterable[str]]],
+                   vocab: Vocabulary, maxlen: int, label_order: Sequence[str],
+                   path: Path) -> tuple[EncodedTexts, np.ndarray]:
+    """:func:`encode_split` of a split that arrives in batches of (token lists, labels), its
+    ids appended to ``path`` batch by batch and read back memory-mapped: only the texts'
+    lengths and class indices (16 bytes a text) stay in memory."""
+    lengths, classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    with open(path, "wb") as out:
+        for token_lists, labels in batches:
+            texts, indices = encode_split(token_lists, labels, vocab, maxlen, label_order)
+            out.write(texts.ids.tobytes())
+            lengths.append(texts.lengths)
+            classes.append(indices)
+    all_lengths = np.concatenate(lengths)
+    ids = (np.memmap(path, dtype=np.int32, mode="r") if all_lengths.sum()
+           else np.zeros(0, np.int32))  # numpy cannot map an empty file
+    return EncodedTexts(ids, all_lengths), np.concatenate(classes)

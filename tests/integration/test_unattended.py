@@ -230,6 +230,7 @@ def test_concurrent_and_killed_retrains(trained_project, tmp_path):
     epoch_lines = re.findall(rf"^Epoch (\d+)/{epochs}$", again.stdout, re.MULTILINE)
     assert epoch_lines[0] == str(finished + 1), again.stdout  # resumed, not restarted
     assert not layout.checkpoints.exists()  # a finished training leaves no backup
+    assert not layout.encoded.exists()  # nor the killed run's encoded texts
     assert workspace_state(root) == before  # params.yaml included
     after = registry_state(root)
     assert [v[0] for v in after] == [v[0] for v in versions] + [versions[-1][0] + 1]

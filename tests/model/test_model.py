@@ -9,6 +9,7 @@ from senti.config import ModelParams, TrainParams
 from senti.inference import predict_proba
 from senti.model import build_model, load_model
 from senti.train import AdversarialTraining, bucket_boundaries, make_dataset, train_model
+from senti.vocab import build_vocab, encode_split, encode_to_file
 
 PARAMS = ModelParams(embed_dim=8, lstm_units=4, dropout=0.1, spatial_dropout=0.1, maxlen=32)
 
@@ -42,6 +43,34 @@ def test_bucketed_batches_pad_to_their_own_longest():
                                                       bucketed=True, shuffle=True, seed=1))
     assert seen == 300
     assert bucket_boundaries(128) == [8, 16, 24, 32, 48, 72, 108]
+
+
+def test_texts_read_from_disk_give_the_batches_of_texts_in_memory(tmp_path):
+    """The train stage's input: a split encoded to a file batch by batch and read back
+    memory-mapped gives, batch for batch, what the same split encoded in memory gives
+    (shuffled, bucketed, with token dropout: every random choice included)."""
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(60)]
+    token_lists = [list(rng.choice(words, size=n)) for n in rng.integers(1, 40, size=500)]
+    labels = [("negative", "positive")[i] for i in rng.integers(0, 2, size=500)]
+    vocab, order = build_vocab(token_lists[:300], 2, 50), ["negative", "positive"]
+    in_memory = encode_split(token_lists, labels, vocab, 32, order)
+    on_disk = encode_to_file(((token_lists[i:i + 128], labels[i:i + 128])
+                              for i in range(0, 500, 128)), vocab, 32, order,
+                             tmp_path / "train.int32")
+    assert isinstance(on_disk[0].ids, np.memmap)
+    assert (tmp_path / "train.int32").stat().st_size == 4 * int(in_memory[0].lengths.sum())
+    np.testing.assert_array_equal(on_disk[1], in_memory[1])
+
+    def batches(texts, classes):
+        return [(x.numpy(), y.numpy()) for x, y in make_dataset(
+            texts, classes, 2, 16, maxlen=32, bucketed=True, shuffle=True, seed=5,
+            token_dropout=0.2)]
+    for (x, y), (x_disk, y_disk) in zip(batches(*in_memory), batches(*on_disk), strict=True):
+        np.testing.assert_array_equal(x, x_disk)
+        np.testing.assert_array_equal(y, y_disk)
+    empty = encode_to_file([], vocab, 32, order, tmp_path / "empty.int32")
+    assert len(empty[0]) == 0 and empty[1].size == 0
 
 
 def test_sequences_longer_than_maxlen_are_rejected():

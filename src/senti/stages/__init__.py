@@ -6,6 +6,8 @@ writes its outputs where params.yaml's ``paths`` say. ``dvc.yaml`` runs it as
 imports, directly or not (tests/code/test_architecture.py checks this), so a change to a
 module reruns precisely the stages that execute it.
 
+Stages that read one split of the tokens file read it :func:`split_batches`-wise.
+
 A stage started by ``senti retrain`` knows the pid of the run that owns it
 (``SENTI_OWNER_PID``): if that process dies (``kill -9``), the stage exits within a second
 instead of writing outputs under the next run.
@@ -17,15 +19,31 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from senti.config import STATE_DIR, ParamsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OWNER_ENV = "SENTI_OWNER_PID"
 # the one-line cause of the last stage failure, for the command that ran the stage
 ERROR_FILE = Path(STATE_DIR) / "stage-error.txt"
+BATCH_ROWS = 65_536  # rows of a parquet file decoded at a time (:func:`split_batches`)
+
+
+def split_batches(path: Path, split: str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """The rows of ``path`` (a parquet file with a ``split`` column) that belong to
+    ``split``, in file order, ``columns`` only, :data:`BATCH_ROWS` rows of the file at a
+    time: never the whole file in memory, and only the split's rows converted to Python."""
+    import pyarrow.compute as pc  # here: the stages that read no split (ingest) stay light
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
+                                                   columns=["split", *columns]):
+        yield batch.filter(pc.equal(batch.column("split"), split)).select(columns).to_pandas()
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,10 @@
-"""Stage ``train``: fit the BiLSTM on the encoded training split."""
+"""Stage ``train``: fit the BiLSTM on the encoded training split, read from disk in batches:
+the tokens file a batch at a time, encoded into ``paths.encoded`` (scratch, removed when the
+stage ends), which the input pipeline reads text by text."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -11,26 +14,32 @@ import pandas as pd
 from senti.config import load_context
 from senti.io import read_json, sha256_file, write_json
 from senti.model import weights_sha256
-from senti.stages import main
+from senti.stages import main, split_batches
 from senti.train import train_model
-from senti.vocab import encode_split, load_vocab
+from senti.vocab import encode_to_file, load_vocab
 
 
 def run(root: Path) -> dict:
     params, layout = load_context(root)
-    tokens, vocabulary = pd.read_parquet(layout.tokens), load_vocab(layout.vocab)
-    labels = read_json(layout.labels)
-    splits = {s: encode_split(part["tokens"], part["label"], vocabulary, params.model.maxlen,
-                              labels)
-              for s, part in ((s, tokens[tokens["split"] == s]) for s in ("train", "val"))}
-    started = time.perf_counter()
-    model, history = train_model(
-        splits["train"], splits["val"], len(vocabulary), len(labels), params.model, params.train,
-        backup_dir=layout.checkpoints,
-        data_fingerprint=sha256_file(layout.tokens) + sha256_file(layout.vocab)
-        + sha256_file(layout.embeddings),
-        initial_embedding=np.load(layout.embeddings, allow_pickle=False))
-    seconds = time.perf_counter() - started
+    vocabulary, labels = load_vocab(layout.vocab), read_json(layout.labels)
+    shutil.rmtree(layout.encoded, ignore_errors=True)  # a killed run's
+    layout.encoded.mkdir(parents=True)
+    try:  # the splits' token ids on disk, read by the input pipeline as it needs them
+        splits = {s: encode_to_file(
+            ((rows["tokens"], rows["label"])
+             for rows in split_batches(layout.tokens, s, ["tokens", "label"])),
+            vocabulary, params.model.maxlen, labels, layout.encoded / f"{s}.int32")
+            for s in ("train", "val")}
+        started = time.perf_counter()
+        model, history = train_model(
+            splits["train"], splits["val"], len(vocabulary), len(labels), params.model,
+            params.train, backup_dir=layout.checkpoints,
+            data_fingerprint=sha256_file(layout.tokens) + sha256_file(layout.vocab)
+            + sha256_file(layout.embeddings),
+            initial_embedding=np.load(layout.embeddings, allow_pickle=False))
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(layout.encoded, ignore_errors=True)
     for folder in (layout.model_dir, layout.train_history.parent):  # absent in a bare checkout
         folder.mkdir(parents=True, exist_ok=True)
     model.save(layout.model_file)

@@ -6,23 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from senti.config import load_context
 from senti.io import write_json
-from senti.stages import main
+from senti.stages import main, split_batches
 from senti.vocab import build_vocab, save_vocab
-
-BATCH_ROWS = 65_536  # rows of the tokens file decoded at a time
 
 
 def token_lists(path: Path, split: str) -> Iterator[list[str]]:
     """The token lists of the texts of one ``split``, in file order."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
-                                                   columns=["split", "tokens"]):
-        rows = batch.filter(pc.equal(batch.column("split"), split))  # only these converted
-        yield from rows.column("tokens").to_pandas()
+    for rows in split_batches(path, split, ["tokens"]):
+        yield from rows["tokens"]
 
 
 def run(root: Path) -> dict:
