@@ -1,6 +1,6 @@
 """Stage ``train``: fit the BiLSTM on the encoded training split, read from disk in batches:
 the tokens file a batch at a time, encoded into ``paths.encoded`` (scratch, removed when the
-stage ends), which the input pipeline reads text by text."""
+stage ends), which the input pipeline memory-maps and reads a few hundred texts at a time."""
 
 from __future__ import annotations
 
