@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from senti.batch import VERSION_COLUMN
 from senti.config import DriftParams, Layout
@@ -243,6 +242,8 @@ def _shares(counts: Mapping[str, int], order: list[str]) -> str:
 
 def _categorical(name: str, reference: Mapping[str, int], current: Mapping[str, int],
                  params: DriftParams) -> Feature:
+    from scipy import stats  # ~1.5 s to import: only when a report is computed
+
     # the reference's labels, most frequent first, then new ones
     labels = sorted(set(reference) | set(current),
                     key=lambda k: (-reference.get(k, 0), -current.get(k, 0), k))
@@ -265,6 +266,8 @@ def _quantiles(sample: np.ndarray, unit: str) -> str:
 
 def _distribution(name: str, reference: Mapping[float, int], current: Mapping[float, int],
                   params: DriftParams, unit: str = "") -> Feature:
+    from scipy import stats
+
     ref, cur = _sample(reference), _sample(current)
     cuts = np.linspace(0, 1, params.psi_bins + 1)[1:-1]
     edges = np.unique(np.quantile(ref, cuts, method="inverted_cdf"))  # bins (e[i-1], e[i]]

@@ -41,7 +41,6 @@ import pandas as pd
 from senti import tags
 from senti.behaviour import BehaviourResult, load_cases, run_suite
 from senti.config import Layout, PromoteParams
-from senti.evaluate import classification_metrics, mcnemar_test
 from senti.io import read_json
 
 # a loaded model's predict: a frame with a ``text`` column in, ``label`` and
@@ -155,6 +154,8 @@ def score_predictions(version: str, predictions: pd.DataFrame, y_true: Sequence[
                              "it was trained on another label set")
     y = np.array([labels.index(label) for label in y_true], dtype=int)
     proba = predictions[[f"prob_{label}" for label in labels]].to_numpy(dtype=float)
+    from senti.evaluate import classification_metrics  # sklearn: only when the gate runs
+
     metrics = classification_metrics(y, proba, labels)
     return ModelScore(version, metrics["accuracy"], metrics["macro_f1"], proba.argmax(1) == y)
 
@@ -175,6 +176,8 @@ def decide(challenger: ModelScore, champion: ModelScore | None, *, params: Promo
         conditions.append(Condition("champion", True, "no champion yet"))
     else:
         needed = champion.macro_f1 + params.min_delta
+        from senti.evaluate import mcnemar_test  # scipy: only when the gate runs
+
         test = mcnemar_test(champion.correct, challenger.correct)
         worse = test["b10"] > test["b01"] and test["p_value"] < params.alpha
         conditions += [

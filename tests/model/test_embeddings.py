@@ -1,5 +1,6 @@
 """Word2vec pretraining of the embedding layer: real gensim, real Keras, tiny corpora."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +42,14 @@ def test_vectors_learn_which_words_share_contexts(architecture):
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
 def test_vectors_are_the_same_in_every_process(architecture):
     # Python salts str hashes per process; the vectors must not depend on that.
-    code = ("from senti.embeddings import train_word_vectors; "
-            "from tests.model.test_embeddings import CORPUS, PARAMS; "
-            f"params = PARAMS.model_copy(update={{'architecture': {architecture!r}}}); "
-            "print(train_word_vectors(CORPUS, 8, params, seed=1)['好'].tobytes().hex())")
-    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    code = ("import json, sys; from senti.config import EmbeddingsParams; "
+            "from senti.embeddings import train_word_vectors; "
+            "corpus, params = json.loads(sys.argv[1]); "
+            "print(train_word_vectors(corpus, 8, EmbeddingsParams(**params), seed=1)['好']"
+            ".tobytes().hex())")
+    given = json.dumps([CORPUS, PARAMS.model_copy(update={"architecture": architecture})
+                        .model_dump()])
+    runs = {subprocess.run([sys.executable, "-c", code, given], capture_output=True, text=True,
                            check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
             for seed in ("1", "2")}
     assert len(runs) == 1

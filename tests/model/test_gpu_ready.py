@@ -83,7 +83,7 @@ def test_one_cpu_is_the_default_strategy_with_one_replica():
 
 # Two logical CPUs stand in for two GPUs. TensorFlow fixes its devices when it starts, and a
 # second MirroredStrategy in one process collides with the first one's collective ops, so
-# each training runs in a process of its own.
+# the trainings run in a process of their own, one after the other on one strategy.
 _TWO_REPLICAS = """
 import json, sys
 from pathlib import Path
@@ -96,34 +96,39 @@ from senti.train import train_model
 from tests.model.test_gpu_ready import TINY, _train_params
 rng = np.random.default_rng(0)
 data = [list(rng.integers(2, 50, size=8)) for _ in range(128)], rng.integers(0, 2, size=128)
-changes = json.loads(sys.argv[2])
-model, history = train_model(data, data, 50, 2, TINY, _train_params(**changes),
-                             Path(sys.argv[1]), "test",
-                             strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-head = model.get_layer("bilstm_attention")
-print(json.dumps({
-    "losses": history["loss"] + history["val_loss"],
-    "policies": sorted({layer.dtype_policy.name for layer in model.layers + head.layers}),
-    "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    if getattr(model, "optimizer", None) else None}))  # a float32 copy was never compiled
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for number, changes in enumerate(json.loads(sys.argv[2])):
+    model, history = train_model(data, data, 50, 2, TINY, _train_params(**changes),
+                                 Path(sys.argv[1]) / str(number), "test", strategy=strategy)
+    head = model.get_layer("bilstm_attention")
+    print(json.dumps({
+        "losses": history["loss"] + history["val_loss"],
+        "policies": sorted({layer.dtype_policy.name for layer in model.layers + head.layers}),
+        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        if getattr(model, "optimizer", None) else None}))  # a float32 copy was never compiled
 """
 
 
-def _train_on_two_replicas(backup: Path, **changes) -> dict:
-    done = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, str(backup), json.dumps(changes)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+def _train_on_two_replicas(backups: Path, *changes: dict) -> list[dict]:
+    """One training per ``changes`` (to the test's train params), each on two replicas."""
+    done = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, str(backups),
+                           json.dumps(changes)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(changes), done.stdout  # Keras prints its progress there too
+    return results
 
 
 @pytest.mark.slow
 def test_two_replicas_split_the_global_batch_and_train_adversarially_in_mixed_precision(
         tmp_path):
+    # plain, then the adversarial step's loss scaling and summed gradients, all-reduced
+    # across replicas, in mixed precision
+    plain, mixed = _train_on_two_replicas(tmp_path, {}, {"mixed_precision": True,
+                                                         "adversarial_eps": 0.05})
     # 128 texts of one length, 16 per replica, 2 replicas: 4 steps of 32 texts an epoch, not 8
     # of 16 (TensorFlow's distributed iterator may close an epoch with one empty step: 5)
-    assert _train_on_two_replicas(tmp_path / "plain")["steps"] in (4, 5)
-    # the adversarial step's loss scaling and summed gradients, all-reduced across replicas;
-    # the classifier returned is float32
-    mixed = _train_on_two_replicas(tmp_path / "mixed", mixed_precision=True, adversarial_eps=0.05)
-    assert mixed["policies"] == ["float32"]
+    assert plain["steps"] in (4, 5)
+    assert mixed["policies"] == ["float32"]  # the classifier returned is float32
     assert all(math.isfinite(v) for v in mixed["losses"])
