@@ -34,7 +34,9 @@ TINY_PARAMS = {
     "model.spatial_dropout": 0.1,
     "train.learning_rate": 0.01,  # a tiny model on ~1,000 texts must learn in 2 epochs
     "train.epochs": 2,
-    "train.adversarial_eps": 0.01,  # an absolute norm: 1.0 suits 64-d embeddings, 12 epochs
+    # no adversarial step: it doubles a step and its tracing (~6 s of every tiny training);
+    # tests/model trains it through the same train_model, alone and on two replicas
+    "train.adversarial_eps": 0.0,
     "train.batch_size": 16,  # ~120 steps in 2 epochs: with fewer, the tiny model stays near chance
     "embeddings.epochs": 10,  # real word2vec on the sample (~1 s); the news corpus is tested alone
     "embeddings.extra_corpus": "",

@@ -79,8 +79,9 @@ def start(argv: list[str]) -> None:
 
 
 def error(message: str, exc: BaseException | None = None) -> None:
-    """The failure line on the terminal (pointing at the log); the traceback in the log."""
-    if exc is not None:
+    """The failure line on the terminal (pointing at the log); in the log, the same line
+    and the traceback of ``exc``."""
+    if exc is not None or _log:  # with --verbose, only a traceback adds to the red line
         logging.getLogger("senti").error("%s", message, exc_info=exc)
     where = f" (full log: {_log})" if _log else ""
     typer.secho(f"{message}{where}", fg=typer.colors.RED, file=_terminal or sys.stderr)

@@ -164,13 +164,11 @@ def test_a_refused_retrain_says_why_in_one_line_and_changes_nothing(project, cas
     assert "Traceback" not in done.stdout + done.stderr  # tracebacks go to the log
     assert workspace_state(project) == before
     assert registry_state(project) == versions
-
-
-def test_the_log_holds_the_details_the_terminal_leaves_out(project):
-    done = senti(project, "retrain", "--set", "data.source=no/such.csv")
-    log = re.search(r"full log: (\S+)\)$", last_line(done)).group(1)
+    cause, log = re.fullmatch(r"(.*) \(full log: (\S+)\)", line).groups()
     text = (project / log).read_text()
-    assert "Traceback" in text and "no/such.csv" in text
+    assert cause in text
+    if cause.startswith("stage "):  # the stage's traceback: in the log, not on the terminal
+        assert "Traceback" in text
 
 
 def _running(owner: int) -> list[int]:
@@ -192,7 +190,7 @@ def test_concurrent_and_killed_retrains(trained_project, tmp_path):
     training after the last finished epoch, registers exactly one version, and leaves
     params.yaml and the workspace as they were (a --set run is registered, not kept)."""
     root = copy_project(trained_project[0], tmp_path / "p")
-    epochs = 5  # early stopping off: the killed run is still training when it is killed
+    epochs = 4  # early stopping off: the killed run is still training when it is killed
     args = ["retrain", "--set", f"train.epochs={epochs}", "--set", f"train.patience={epochs}"]
     layout = load_context(root)[1]
     before, versions = workspace_state(root), registry_state(root)
