@@ -13,7 +13,8 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -47,15 +48,162 @@ def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-def label_order(labels: pd.Series, declared: list[str]) -> list[str]:
-    """Class-index order: the declared label set, or the observed labels sorted."""
-    observed = sorted(set(labels))
+def label_order(observed: Iterable[str], declared: list[str]) -> list[str]:
+    """Class-index order: the declared label set, or the ``observed`` labels sorted."""
+    observed = sorted(set(observed))
     if not declared:
         return observed
     unknown = sorted(set(observed) - set(declared))
     if unknown:
         raise ValueError(f"labels {unknown} are not in the declared set data.labels={declared}")
     return list(declared)
+
+
+def _clean_rows(raw: pd.DataFrame, max_chars: int,
+                quarantined: Collection[int]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The steps of :func:`clean` that look at one row at a time: the rows of ``raw`` that
+    are not quarantined (positions in ``raw``), have a label and a non-empty text once
+    normalised, and the counts."""
+    kept = raw.drop(index=raw.index[list(quarantined)])
+    df = kept[["text", "label"]].dropna(subset=["label"]).copy()
+    counts = {"rows_raw": len(raw), "dropped_quarantined": len(raw) - len(kept),
+              "dropped_missing_label": len(kept) - len(df)}
+    df["label"] = df["label"].astype(str).str.strip()
+    df["text"] = df["text"].fillna("").astype(str).map(lambda t: normalise_text(t, max_chars))
+    non_empty = df["text"] != ""
+    counts["dropped_empty_text"] = int((~non_empty).sum())
+    return df[non_empty], counts
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a :class:`Cleaner` decided once it had seen all the data: ``rows``, the positions
+    (among the rows :meth:`Cleaner.add` returned, counted over all batches) of the dataset's
+    rows in the dataset's order; the counts of every cleaning step; the labels those rows
+    carry (before sampling)."""
+
+    rows: np.ndarray
+    counts: dict[str, int]
+    labels: list[str]
+
+    def label_order(self, declared: list[str], min_rows: int) -> list[str]:
+        """The class order (:func:`label_order`), once enough rows are left: raises
+        :class:`ValueError` naming the count and the bound when fewer than ``min_rows`` rows
+        are (``validate.min_rows_after_cleaning``)."""
+        counts = self.counts
+        if counts["rows_clean"] < min_rows:
+            dropped = ", ".join(f"{n:,} {step.removeprefix('dropped_').replace('_', ' ')}"
+                                for step, n in counts.items()
+                                if step.startswith("dropped_") and n)
+            raise ValueError(f"{counts['rows_clean']:,} rows left after cleaning "
+                             f"{counts['rows_raw']:,} (dropped: {dropped or 'none'}), below "
+                             f"validate.min_rows_after_cleaning={min_rows:,}")
+        return label_order(self.labels, declared)
+
+
+class Cleaner:
+    """Cleaning in two passes over raw data given as frames in order, memory bounded by a
+    frame: :meth:`add` applies the steps that look at one row (quarantine, missing label,
+    normalisation, empty text) to each frame and returns the rows it keeps; :meth:`plan`
+    then decides duplicates, conflicting labels and the sample for all the data at once.
+
+    Per row returned it keeps 20 bytes: a 128-bit id of the normalised text (the first 16
+    bytes of its sample hash, so two distinct texts share one with probability about
+    n²/2¹²⁹) and a label code. ``quarantined`` are positions in all of the raw data.
+    """
+
+    def __init__(self, max_chars: int, quarantined: Collection[int] = ()) -> None:
+        self.max_chars = max_chars
+        self._quarantined = np.sort(np.asarray(list(quarantined), dtype=np.int64))
+        self._raw_rows = 0
+        self._counts = Counter[str]()
+        self._ids: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._codes: dict[str, int] = {}
+
+    def add(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the next raw frame that pass the row-level steps, normalised."""
+        start = self._raw_rows
+        q = self._quarantined
+        local = q[(q >= start) & (q < start + len(raw))] - start
+        df, counts = _clean_rows(raw, self.max_chars, local.tolist())
+        self._counts.update(counts)
+        self._raw_rows += len(raw)
+        digests = b"".join(hashlib.sha256(f"sample\x00{t}".encode()).digest()[:16]
+                           for t in df["text"])
+        self._ids.append(np.frombuffer(digests, dtype=">u8").reshape(-1, 2))
+        self._labels.append(np.fromiter((self._codes.setdefault(label, len(self._codes))
+                                         for label in df["label"]), np.int32, len(df)))
+        return df
+
+    def plan(self, sample_size: int) -> Plan:
+        """Which rows make the dataset: the first of each (text, label), no text that occurs
+        under two labels, and of those the ``sample_size`` with the smallest sample hash (the
+        first 64 bits of SHA-256 of ``"sample\\0" + text``), in that order: stable, and
+        independent of the split (0: all, in the order of the data)."""
+        q = self._quarantined
+        if q.size and (q[0] < 0 or q[-1] >= self._raw_rows):
+            raise ValueError(f"the quarantine lists rows the data does not have (rows "
+                             f"{q[0]:,} to {q[-1]:,} of {self._raw_rows:,}): run the "
+                             "validate stage first")
+        ids = np.concatenate(self._ids) if self._ids else np.empty((0, 2), ">u8")
+        labels = np.concatenate(self._labels) if self._labels else np.empty(0, np.int32)
+        hi, lo = ids[:, 0].astype(np.uint64), ids[:, 1].astype(np.uint64)
+        order = np.lexsort((labels, lo, hi))  # stable: rows of a group in data order
+        s_hi, s_lo, s_label = hi[order], lo[order], labels[order]
+        new_text = np.ones(len(order), dtype=bool)
+        new_text[1:] = (s_hi[1:] != s_hi[:-1]) | (s_lo[1:] != s_lo[:-1])
+        new_pair = new_text.copy()
+        new_pair[1:] |= s_label[1:] != s_label[:-1]
+        text_of_pair = (np.cumsum(new_text) - 1)[new_pair]
+        labels_per_text = np.bincount(text_of_pair)
+        conflicting = labels_per_text[text_of_pair] > 1
+        kept = np.sort(order[new_pair][~conflicting])
+        counts = dict(self._counts)  # the keys in the order of the steps
+        counts["dropped_duplicates"] = len(order) - len(text_of_pair)
+        counts["conflicting_texts"] = int((labels_per_text > 1).sum())
+        counts["dropped_conflicting_rows"] = int(conflicting.sum())
+        counts["rows_clean"] = len(kept)
+        rows = kept
+        if 0 < sample_size < len(kept):  # the sample hash's first 64 bits, as a float
+            keys = hi[kept].astype(np.float64) / 2**64
+            rows = kept[np.argsort(keys, kind="stable")[:sample_size]]
+        counts["rows_sampled"] = len(rows)
+        names = {code: label for label, code in self._codes.items()}
+        return Plan(rows, counts, [names[c] for c in np.unique(labels[kept])])
+
+
+def take(parts: Iterable[pd.DataFrame], rows: np.ndarray) -> Iterator[pd.DataFrame]:
+    """The rows at positions ``rows`` of ``parts`` (taken as one table), in the order of
+    ``rows``. Ascending ``rows`` (no sample) come part by part, nothing held; a sample is
+    gathered first (its rows only) and comes as one frame."""
+    ascending = bool(np.all(rows[1:] > rows[:-1]))
+    wanted = rows if ascending else np.sort(rows)
+    held, start = [], 0
+    for part in parts:
+        first, last = np.searchsorted(wanted, [start, start + len(part)])
+        chosen = part.iloc[wanted[first:last] - start]
+        start += len(part)
+        if ascending:
+            yield chosen
+        else:
+            held.append(chosen)
+    if not ascending:
+        gathered = pd.concat(held)
+        yield gathered.iloc[np.searchsorted(wanted, rows)]
+
+
+def with_split(df: pd.DataFrame, val_fraction: float, test_fraction: float) -> pd.DataFrame:
+    """``df`` with the ``split`` column (:func:`split_of`)."""
+    return df.assign(split=df["text"].map(lambda t: split_of(t, val_fraction, test_fraction)))
+
+
+def report(plan: Plan, labels: list[str], split_labels: Counter[tuple[str, str]]) -> dict:
+    """The prepare report: the counts, the class order and rows per split and label
+    (``split_labels``: the dataset's (split, label) pairs counted)."""
+    return {"counts": plan.counts, "labels": labels,
+            "splits": {split: {label: split_labels[split, label] for label in labels}
+                       for split in SPLITS}}
 
 
 def clean(raw: pd.DataFrame, max_chars: int,
@@ -65,60 +213,16 @@ def clean(raw: pd.DataFrame, max_chars: int,
     return clean_batches([raw], max_chars, quarantined)
 
 
-def _clean_rows(raw: pd.DataFrame, max_chars: int,
-                quarantined: Collection[int]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The steps of :func:`clean` that look at one row at a time, and a first
-    de-duplication within ``raw``: its rows to keep, normalised, and the counts."""
-    kept = raw.drop(index=raw.index[list(quarantined)])
-    df = kept[["text", "label"]].dropna(subset=["label"]).copy()
-    counts = {"rows_raw": len(raw), "dropped_quarantined": len(raw) - len(kept),
-              "dropped_missing_label": len(kept) - len(df)}
-    df["label"] = df["label"].astype(str).str.strip()
-    df["text"] = df["text"].fillna("").astype(str).map(lambda t: normalise_text(t, max_chars))
-    non_empty = df["text"] != ""
-    counts["dropped_empty_text"] = int((~non_empty).sum())
-    df = df[non_empty]
-    deduplicated = df.drop_duplicates(subset=["text", "label"])
-    counts["dropped_duplicates"] = len(df) - len(deduplicated)
-    return deduplicated, counts
-
-
 def clean_batches(batches: Iterable[pd.DataFrame], max_chars: int,
                   quarantined: Collection[int] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
     """:func:`clean` over raw data given as frames in order (``quarantined``: positions in
-    all of it): only the normalised, once-deduplicated rows of each frame are kept in
-    memory, never the raw data whole."""
-    positions = np.sort(np.asarray(list(quarantined), dtype=np.int64))
-    parts, counts, start = [], Counter[str](), 0
-    for raw in batches:
-        local = positions[(positions >= start) & (positions < start + len(raw))] - start
-        part, part_counts = _clean_rows(raw, max_chars, local.tolist())
-        parts.append(part)
-        counts.update(part_counts)
-        start += len(raw)
-    if positions.size and (positions[0] < 0 or positions[-1] >= start):
-        raise ValueError(f"the quarantine lists rows the data does not have (rows "
-                         f"{positions[0]:,} to {positions[-1]:,} of {start:,}): run the "
-                         "validate stage first")
-    df = pd.concat(parts) if len(parts) > 1 else parts[0]
-    deduplicated = df.drop_duplicates(subset=["text", "label"])
-    counts["dropped_duplicates"] += len(df) - len(deduplicated)
-    counts = dict(counts)  # the keys in the order of the steps, as _clean_rows counts them
-    labels_per_text = deduplicated.groupby("text")["label"].transform("nunique")
-    conflicting = labels_per_text > 1
-    counts["conflicting_texts"] = int(deduplicated.loc[conflicting, "text"].nunique())
-    counts["dropped_conflicting_rows"] = int(conflicting.sum())
-    df = deduplicated[~conflicting].reset_index(drop=True)
-    counts["rows_clean"] = len(df)
-    return df, counts
-
-
-def deterministic_sample(df: pd.DataFrame, size: int) -> pd.DataFrame:
-    """The ``size`` texts with the smallest sample-hash: stable, and independent of the split."""
-    if size <= 0 or size >= len(df):
-        return df
-    keys = df["text"].map(lambda t: _unit_hash(t, "sample"))
-    return df.loc[keys.sort_values(kind="stable").index[:size]].reset_index(drop=True)
+    all of it), with a :class:`Cleaner`: the cleaned rows in memory, never the raw data
+    whole."""
+    cleaner = Cleaner(max_chars, quarantined)
+    parts = [cleaner.add(raw) for raw in batches]
+    plan = cleaner.plan(0)
+    counts = {k: v for k, v in plan.counts.items() if k != "rows_sampled"}
+    return pd.concat(take(parts, plan.rows)).reset_index(drop=True), counts
 
 
 def prepare(
@@ -126,28 +230,17 @@ def prepare(
     val_fraction: float, test_fraction: float, *, max_chars: int, min_rows: int,
     quarantined: Collection[int] = (),
 ) -> tuple[pd.DataFrame, list[str], dict]:
-    """Clean (:func:`clean`), sample and split ``raw`` (a frame, or its batches in order:
-    :func:`clean_batches`); return (dataset, label order, report).
+    """Clean, sample and split ``raw`` (a frame, or its batches in order) in memory with a
+    :class:`Cleaner`; return (dataset, label order, report). The prepare stage does the same
+    streamed, with the cleaned rows on disk between the passes.
 
     Raises :class:`ValueError` naming the count and the bound when fewer than ``min_rows``
     rows are left after cleaning (``validate.min_rows_after_cleaning``).
     """
-    df, counts = clean_batches([raw] if isinstance(raw, pd.DataFrame) else raw, max_chars,
-                               quarantined)
-    if counts["rows_clean"] < min_rows:
-        dropped = ", ".join(f"{n:,} {step.removeprefix('dropped_').replace('_', ' ')}"
-                            for step, n in counts.items() if step.startswith("dropped_") and n)
-        raise ValueError(f"{counts['rows_clean']:,} rows left after cleaning "
-                         f"{counts['rows_raw']:,} (dropped: {dropped or 'none'}), below "
-                         f"validate.min_rows_after_cleaning={min_rows:,}")
-    labels = label_order(df["label"], declared_labels)
-    df = deterministic_sample(df, sample_size)
-    counts["rows_sampled"] = len(df)
-    df["split"] = df["text"].map(lambda t: split_of(t, val_fraction, test_fraction))
-    per_split = {
-        split: {label: int(n) for label, n in df.loc[df["split"] == split, "label"]
-                .value_counts().reindex(labels, fill_value=0).items()}
-        for split in SPLITS
-    }
-    report = {"counts": counts, "labels": labels, "splits": per_split}
-    return df, labels, report
+    cleaner = Cleaner(max_chars, quarantined)
+    parts = [cleaner.add(part) for part in ([raw] if isinstance(raw, pd.DataFrame) else raw)]
+    plan = cleaner.plan(sample_size)
+    labels = plan.label_order(declared_labels, min_rows)
+    df = with_split(pd.concat(take(parts, plan.rows)).reset_index(drop=True),
+                    val_fraction, test_fraction)
+    return df, labels, report(plan, labels, Counter(zip(df["split"], df["label"], strict=True)))

