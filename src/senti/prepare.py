@@ -130,10 +130,10 @@ class Cleaner:
         self._counts.update(counts)
         self._raw_rows += len(raw)
         digests = b"".join(hashlib.sha256(f"sample\x00{t}".encode()).digest()[:16]
-                           for t in df["text"])
+                           for t in df["text"].tolist())  # lists: Arrow columns iterate slowly
         self._ids.append(np.frombuffer(digests, dtype=">u8").reshape(-1, 2))
         self._labels.append(np.fromiter((self._codes.setdefault(label, len(self._codes))
-                                         for label in df["label"]), np.int32, len(df)))
+                                         for label in df["label"].tolist()), np.int32, len(df)))
         return df
 
     def plan(self, sample_size: int) -> Plan:
@@ -198,6 +198,11 @@ def with_split(df: pd.DataFrame, val_fraction: float, test_fraction: float) -> p
     return df.assign(split=df["text"].map(lambda t: split_of(t, val_fraction, test_fraction)))
 
 
+def split_labels(df: pd.DataFrame) -> Counter[tuple[str, str]]:
+    """The (split, label) pairs of ``df`` counted."""
+    return Counter(zip(df["split"].tolist(), df["label"].tolist(), strict=True))
+
+
 def report(plan: Plan, labels: list[str], split_labels: Counter[tuple[str, str]]) -> dict:
     """The prepare report: the counts, the class order and rows per split and label
     (``split_labels``: the dataset's (split, label) pairs counted)."""
@@ -243,4 +248,4 @@ def prepare(
     labels = plan.label_order(declared_labels, min_rows)
     df = with_split(pd.concat(take(parts, plan.rows)).reset_index(drop=True),
                     val_fraction, test_fraction)
-    return df, labels, report(plan, labels, Counter(zip(df["split"], df["label"], strict=True)))
+    return df, labels, report(plan, labels, split_labels(df))

@@ -106,6 +106,7 @@ def test_the_prepare_stage_streams_the_dataset_prepare_gives_in_memory(
                         lambda path, limit: validate.read_raw_batches(path, limit, rows=97))
     monkeypatch.setattr(prepare_stage, "BATCH_ROWS", 50)
     monkeypatch.setattr(prepare_stage, "ROW_GROUP_ROWS", 128)
+    (layout.dataset.parent / f"{prepare_stage.SCRATCH_PREFIX}killed").mkdir(parents=True)
     report = prepare_stage.run(root)
 
     whole = validate.read_raw_csv(layout.raw_csv, params.data.max_source_bytes)
@@ -118,7 +119,8 @@ def test_the_prepare_stage_streams_the_dataset_prepare_gives_in_memory(
     assert layout.dataset.read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     groups = pq.ParquetFile(layout.dataset).metadata
     assert groups.num_row_groups == -(-len(dataset) // 128)
-    assert not [p for p in layout.dataset.parent.iterdir() if p != layout.dataset]  # no scratch
+    # no scratch left: neither this run's nor a killed run's
+    assert [p.name for p in layout.dataset.parent.iterdir()] == [layout.dataset.name]
 
 
 def test_vocabulary_from_the_tokens_file_in_batches(tmp_path: Path, monkeypatch):

@@ -8,6 +8,7 @@ split and written. Only a sample (``data.sample_size``) is held whole, to be put
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,6 +28,7 @@ from senti.validate import read_raw_batches
 # rows of a row group of the dataset: pyarrow's default, so the file is the one a single
 # DataFrame.to_parquet of the whole dataset writes, byte for byte
 ROW_GROUP_ROWS = 1024 * 1024
+SCRATCH_PREFIX = ".prepare-"  # the scratch directory, next to the dataset
 CLEANED = pa.schema([("text", pa.large_string()), ("label", pa.large_string())])
 
 
@@ -43,10 +45,10 @@ def write_row_groups(path: Path, tables: Iterable[pa.Table]) -> None:
             if sum(map(len, held)) >= ROW_GROUP_ROWS:
                 joined = pa.concat_tables(held)
                 whole = len(joined) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
-                writer.write_table(joined.slice(0, whole))
+                writer.write_table(joined.slice(0, whole).combine_chunks())
                 held = [joined.slice(whole)]
         if writer is not None:
-            writer.write_table(pa.concat_tables(held))
+            writer.write_table(pa.concat_tables(held).combine_chunks())
 
 
 def run(root: Path) -> dict:
@@ -57,7 +59,11 @@ def run(root: Path) -> dict:
     quarantined = pd.read_csv(layout.quarantine, usecols=["row"])["row"]
     cleaner = prepare.Cleaner(params.validate.max_text_chars, quarantined.tolist())
     layout.dataset.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=layout.dataset.parent) as scratch:
+    for stale in layout.dataset.parent.glob(f"{SCRATCH_PREFIX}*"):  # of a killed run
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX,
+                                     dir=layout.dataset.parent) as scratch:
         cleaned, attrs = Path(scratch) / "cleaned.parquet", {}
         with pq.ParquetWriter(cleaned, CLEANED) as writer:
             for raw in read_raw_batches(layout.raw_csv, params.data.max_source_bytes):
@@ -66,7 +72,7 @@ def run(root: Path) -> dict:
                                                         preserve_index=False))
         plan = cleaner.plan(params.data.sample_size)
         labels = plan.label_order(params.data.labels, params.validate.min_rows_after_cleaning)
-        split_labels: Counter[tuple[str, str]] = Counter()
+        tally: Counter[tuple[str, str]] = Counter()
 
         def dataset() -> Iterator[pa.Table]:
             parts = (batch.to_pandas() for batch in
@@ -74,7 +80,7 @@ def run(root: Path) -> dict:
             for part in prepare.take(parts, plan.rows):
                 part = prepare.with_split(part, params.data.val_fraction,
                                           params.data.test_fraction)
-                split_labels.update(zip(part["split"], part["label"], strict=True))
+                tally.update(prepare.split_labels(part))
                 part.attrs = attrs  # the raw data's (its encoding), where to_parquet puts them
                 table = pa.Table.from_pandas(part, preserve_index=False)
                 yield table.replace_schema_metadata(
@@ -82,7 +88,7 @@ def run(root: Path) -> dict:
 
         with atomic_path(layout.dataset) as tmp:
             write_row_groups(tmp, dataset())
-            report = prepare.report(plan, labels, split_labels)
+            report = prepare.report(plan, labels, tally)
             for split, counts in report["splits"].items():
                 if sum(counts.values()) == 0:
                     raise ValueError(f"the {split} split is empty after cleaning: "
