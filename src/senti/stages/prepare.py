@@ -1,5 +1,5 @@
 """Stage ``prepare``: clean, de-duplicate and split the validated raw data, without the rows
-validation quarantined, in two passes with memory bounded by a batch (:class:`Cleaner`):
+validation quarantined, in two passes (:class:`senti.prepare.Cleaner`), memory bounded:
 the raw CSV is read in batches and the rows that pass the row-level steps go to a scratch
 parquet file next to the dataset; then the dataset's rows are read back from it, given their
 split and written. Only a sample (``data.sample_size``) is held whole, to be put in its order.
@@ -83,8 +83,9 @@ def run(root: Path) -> dict:
                 tally.update(prepare.split_labels(part))
                 part.attrs = attrs  # the raw data's (its encoding), where to_parquet puts them
                 table = pa.Table.from_pandas(part, preserve_index=False)
-                yield table.replace_schema_metadata(
-                    {**table.schema.metadata, b"PANDAS_ATTRS": json.dumps(attrs).encode()})
+                yield table.replace_schema_metadata({
+                    **table.schema.metadata,
+                    **({b"PANDAS_ATTRS": json.dumps(attrs).encode()} if attrs else {})})
 
         with atomic_path(layout.dataset) as tmp:
             write_row_groups(tmp, dataset())
