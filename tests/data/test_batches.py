@@ -4,6 +4,7 @@ corpus text)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from senti.prepare import clean, clean_batches, prepare
 from senti.stages import prepare as prepare_stage
 from senti.stages import vocab as vocab_stage
 from senti.vocab import build_vocab
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO, set_params
 
 PARAMS = load_params(REPO)
 LABELS = PARAMS.data.labels
@@ -94,8 +95,10 @@ def test_the_prepare_stage_streams_the_dataset_prepare_gives_in_memory(
     writes row groups of 128 rows: the dataset, byte for byte, and the report are those of
     :func:`prepare` on the whole frame (conflicts and repeats across batches, quarantined
     rows, a sample put in its hash order)."""
-    root = make_project(tmp_path / "p", {"data.sample_size": sample_size,
-                                         "validate.min_rows_after_cleaning": 100})
+    root = tmp_path / "p"  # the stage reads params.yaml and its paths only
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root)
+    set_params(root, {"data.sample_size": sample_size, "validate.min_rows_after_cleaning": 100})
     params, layout = load_context(root)
     layout.raw_csv.parent.mkdir(parents=True, exist_ok=True)
     raw.to_csv(layout.raw_csv, index=False)
