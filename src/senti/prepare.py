@@ -32,10 +32,13 @@ def normalise_text(text: str, max_chars: int | None = None) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text[:max_chars])).strip()
 
 
+def _salted_sha256(text: str, salt: str) -> bytes:
+    return hashlib.sha256(f"{salt}\x00{text}".encode()).digest()
+
+
 def _unit_hash(text: str, salt: str) -> float:
     """A stable pseudo-random number in [0, 1) derived from the text alone."""
-    digest = hashlib.sha256(f"{salt}\x00{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return int.from_bytes(_salted_sha256(text, salt)[:8], "big") / 2**64
 
 
 def split_of(text: str, val_fraction: float, test_fraction: float) -> str:
@@ -129,7 +132,7 @@ class Cleaner:
         df, counts = _clean_rows(raw, self.max_chars, local.tolist())
         self._counts.update(counts)
         self._raw_rows += len(raw)
-        digests = b"".join(hashlib.sha256(f"sample\x00{t}".encode()).digest()[:16]
+        digests = b"".join(_salted_sha256(t, "sample")[:16]
                            for t in df["text"].tolist())  # lists: Arrow columns iterate slowly
         self._ids.append(np.frombuffer(digests, dtype=">u8").reshape(-1, 2))
         self._labels.append(np.fromiter((self._codes.setdefault(label, len(self._codes))
@@ -165,7 +168,7 @@ class Cleaner:
         counts["dropped_conflicting_rows"] = int(conflicting.sum())
         counts["rows_clean"] = len(kept)
         rows = kept
-        if 0 < sample_size < len(kept):  # the sample hash's first 64 bits, as a float
+        if 0 < sample_size < len(kept):  # _unit_hash(text, "sample") of each kept row
             keys = hi[kept].astype(np.float64) / 2**64
             rows = kept[np.argsort(keys, kind="stable")[:sample_size]]
         counts["rows_sampled"] = len(rows)
