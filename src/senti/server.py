@@ -176,7 +176,7 @@ def scoring_app() -> BodyLimit:
     limits = ServeParams.model_validate(spec["serve"])
     model = mlflow.pyfunc.load_model(spec["model_uri"])
     python_model = model.unwrap_python_model()
-    python_model.configure(limits.min_known_share, limits.max_rows_per_request)
+    python_model.configure(limits.min_known_share, limits.max_rows_per_request, xla=True)
     return BodyLimit(FastInvocations(scoring_server.init(model), python_model),
                      limits.max_body_bytes)
 

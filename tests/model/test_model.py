@@ -1,12 +1,14 @@
 """The Keras model and input pipeline, on tiny shapes."""
 
+import time
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from senti.config import ModelParams, TrainParams
-from senti.inference import predict_proba
+from senti.inference import ForwardPass, bucket_batch, predict_proba
 from senti.model import build_model, load_model
 from senti.train import AdversarialTraining, bucket_boundaries, make_dataset, train_model
 from senti.vocab import build_vocab, encode_split, encode_to_file
@@ -85,6 +87,31 @@ def test_predict_proba_keeps_input_order():
     batched = predict_proba(model, seqs, batch_size=2)
     one_by_one = np.concatenate([predict_proba(model, [s]) for s in seqs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_bucketed_batches_take_few_shapes_and_repeat_the_first_text():
+    batch = bucket_batch([[5] * 33, [3], [4, 4]])
+    assert batch.shape == (4, 64)  # rows to a power of two, length to a multiple of 32
+    assert batch[:, 33:].sum() == 0 and (batch[3] == batch[0]).all()
+    assert bucket_batch([[1] * 32]).shape == (1, 32)
+
+
+def test_the_served_forward_pass_gives_the_evaluated_probabilities_before_and_after_xla():
+    model = build_model(50, 2, PARAMS)
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(1, 50, size=n)) for n in (1, 7, 32, 33, 3)]
+    served = ForwardPass(model)
+    answers = [served(seqs)]
+    assert not served.compiled_shapes
+    served.use_xla()
+    answers.append(served(seqs))  # still the traced graph; XLA compiles meanwhile
+    deadline = time.monotonic() + 120
+    while not served.compiled_shapes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served.compiled_shapes == {(8, 64)}  # rows to a power of two, length to 32s
+    answers.append(served(seqs))  # XLA-compiled
+    for answer in answers:
+        np.testing.assert_allclose(answer, predict_proba(model, seqs), atol=1e-5)
 
 
 @pytest.mark.slow  # trains

@@ -18,6 +18,7 @@ from mlflow.pyfunc import scoring_server
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
+from senti.inference import pad_batch
 from senti.prepare import normalise_text
 from senti.registry import INPUT_EXAMPLE, PYFUNC_MODEL
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
@@ -57,7 +58,8 @@ def test_concurrent_requests_get_their_own_predictions(predictor):
 def test_the_model_thread_merges_what_queues_while_it_is_busy():
     running, busy, calls = threading.Event(), threading.Event(), []
 
-    def infer(ids: np.ndarray) -> np.ndarray:  # row sums, each call's shape recorded
+    def infer(seqs: list[list[int]]) -> np.ndarray:  # row sums, each call's shape recorded
+        ids = pad_batch(seqs)
         calls.append(ids.shape)
         running.set()
         busy.wait(10)
@@ -73,7 +75,8 @@ def test_the_model_thread_merges_what_queues_while_it_is_busy():
 
 
 def test_a_failed_forward_pass_fails_only_its_callers():
-    def infer(ids: np.ndarray) -> np.ndarray:
+    def infer(seqs: list[list[int]]) -> np.ndarray:
+        ids = pad_batch(seqs)
         if (ids == 0).any():
             raise ValueError("padding seen")
         return ids
