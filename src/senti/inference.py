@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import keras
@@ -19,6 +20,9 @@ import tensorflow as tf
 # bucketed batches (:func:`bucket_batch`) keep the shapes few. Lengths go up in steps of
 # LENGTH_STEP, rows in powers of two: with maxlen 128 and 256 rows, at most 4 x 9 programs.
 LENGTH_STEP = 32
+# A server compiles a shape when it meets it for this time: shapes met once or twice (a rare
+# length, a lone large request, a short-lived server) are not worth ~1-2 s of a core each.
+COMPILE_AT_BATCH = 3
 logger = logging.getLogger(__name__)
 
 
@@ -57,17 +61,17 @@ class ForwardPass:
 
     A long-running server calls :meth:`use_xla`: from then on a batch runs XLA-compiled once
     the program for its :func:`bucket_batch` shape exists, 3-8x cheaper. One background
-    thread compiles each new shape (~1 s of a core) while batches of that shape keep running
-    through the traced graph, so no request waits for a compilation; the two paths agree to
-    float rounding. The thread starts with the first new shape (again in a forked child)
-    and, a daemon, ends with the process.
+    thread compiles a shape (~1 s of a core) once :data:`COMPILE_AT_BATCH` batches had it;
+    until it is compiled they run through the traced graph, so no request waits for a
+    compilation; the two paths agree to float rounding. The thread starts with the first
+    shape to compile (again in a forked child) and, a daemon, ends with the process.
     """
 
     def __init__(self, model: keras.Model) -> None:
         self._model, self._plain = model, compile_inference(model)
         self._xla: Callable[[np.ndarray], tf.Tensor] | None = None
         self._compiled: set[tuple[int, ...]] = set()
-        self._queued: set[tuple[int, ...]] = set()
+        self._seen: Counter[tuple[int, ...]] = Counter()
         self._to_compile: queue.SimpleQueue[tuple[int, ...]] = queue.SimpleQueue()
         self._start = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -87,13 +91,14 @@ class ForwardPass:
 
     def _compile_later(self, shape: tuple[int, ...]) -> None:
         with self._start:
+            self._seen[shape] += 1
+            if self._seen[shape] != COMPILE_AT_BATCH:
+                return
             if self._thread is None or not self._thread.is_alive():  # none yet; or forked
                 self._thread = threading.Thread(target=self._compile, name="senti-xla",
                                                 daemon=True)
                 self._thread.start()
-            if shape not in self._queued:
-                self._queued.add(shape)
-                self._to_compile.put(shape)
+            self._to_compile.put(shape)
 
     @property
     def compiled_shapes(self) -> frozenset[tuple[int, ...]]:

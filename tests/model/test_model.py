@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from senti.config import ModelParams, TrainParams
-from senti.inference import ForwardPass, bucket_batch, predict_proba
+from senti.inference import COMPILE_AT_BATCH, ForwardPass, bucket_batch, predict_proba
 from senti.model import build_model, load_model
 from senti.train import AdversarialTraining, bucket_boundaries, make_dataset, train_model
 from senti.vocab import build_vocab, encode_split, encode_to_file
@@ -101,10 +101,11 @@ def test_the_served_forward_pass_gives_the_evaluated_probabilities_before_and_af
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(1, 50, size=n)) for n in (1, 7, 32, 33, 3)]
     served = ForwardPass(model)
-    answers = [served(seqs)]
-    assert not served.compiled_shapes
+    answers = [served(seqs)]  # the traced graph: no XLA asked for
     served.use_xla()
-    answers.append(served(seqs))  # still the traced graph; XLA compiles meanwhile
+    for _ in range(COMPILE_AT_BATCH - 1):
+        served(seqs[:1])  # shape (1, 32): met too few times to be compiled
+    answers += [served(seqs) for _ in range(COMPILE_AT_BATCH)]  # (8, 64): the last queues it
     deadline = time.monotonic() + 120
     while not served.compiled_shapes and time.monotonic() < deadline:
         time.sleep(0.1)
