@@ -146,5 +146,6 @@ def deploy(root: Path | str, pool: str = POOL) -> list[str]:
     from prefect import deploy as prefect_deploy
 
     ids = prefect_deploy(*deployments(root, pool), work_pool_name=pool, build=False, push=False,
-                         print_next_steps_message=False)
+                         print_next_steps_message=False,
+                         ignore_warnings=True)  # its advice to `.serve` instead: not here
     return [str(i) for i in ids]
