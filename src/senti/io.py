@@ -36,9 +36,25 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+_SIBLING_TAGS = ("tmp", "old")
+_TOKEN_CHARS = 16  # secrets.token_hex(8)
+
+
 def _sibling(path: Path, tag: str) -> Path:
     """An unused hidden name next to ``path`` (created by the caller, with the usual modes)."""
-    return path.with_name(f".{path.name}.{tag}.{secrets.token_hex(8)}")
+    return path.with_name(f".{path.name}.{tag}.{secrets.token_hex(_TOKEN_CHARS // 2)}")
+
+
+def stale_siblings(path: Path | str) -> list[Path]:
+    """The temporary siblings of ``path`` that :func:`atomic_path` or :func:`atomic_dir` left
+    when their process was killed (``kill -9``, power loss) before it could remove them."""
+    path = Path(path)
+    prefixes = tuple(f".{path.name}.{tag}." for tag in _SIBLING_TAGS)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes)
+                  and len(token := p.name.rsplit(".", 1)[1]) == _TOKEN_CHARS
+                  and all(c in "0123456789abcdef" for c in token))
 
 
 @contextmanager

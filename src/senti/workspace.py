@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from senti.config import PARAMS_FILE, STATE_DIR
-from senti.io import write_json
+from senti.io import stale_siblings, write_json
 
 LOCK_FILE = "retrain.lock"
 JOURNAL_DIR = "journal"
@@ -137,8 +137,9 @@ def commit(root: Path | str) -> None:
 
 
 def restore(root: Path | str) -> list[str]:
-    """Put every journaled path back as it was (removing what did not exist); drop the
-    journal. Idempotent: a restore interrupted half-way completes when called again.
+    """Put every journaled path back as it was (removing what did not exist, and the
+    temporary siblings a killed run's atomic writes left next to it); drop the journal.
+    Idempotent: a restore interrupted half-way completes when called again.
     Returns the paths that were changed back."""
     root = Path(root)
     journal = _journal(root)
@@ -149,6 +150,8 @@ def restore(root: Path | str) -> list[str]:
     changed = []
     for rel, existed in json.loads(manifest.read_text(encoding="utf-8")).items():
         target, saved = root / rel, journal / "files" / rel
+        for litter in stale_siblings(target):  # a killed run's half-written temporaries
+            _remove(litter)
         if saved.exists() or saved.is_symlink():
             _remove(target)
             target.parent.mkdir(parents=True, exist_ok=True)

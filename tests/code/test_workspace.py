@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,34 @@ def test_begin_refuses_to_overwrite_an_unrecovered_journal(tmp_path):
     workspace.begin(root, OUTPUTS)
     with pytest.raises(RuntimeError, match="recover"):
         workspace.begin(root, OUTPUTS)
+
+
+# A stage killed in the middle of its atomic writes: a file and a directory.
+KILLED_WRITES = """
+import os, signal, sys
+from senti.io import atomic_dir, atomic_path
+with atomic_path(sys.argv[1]) as tmp, atomic_dir(sys.argv[2]) as tree:
+    tmp.write_text("half a file")
+    (tree / "model.keras").write_text("half a model")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_recovery_removes_the_temporaries_of_writes_a_kill_cut_short(tmp_path):
+    root = _project(tmp_path)
+    foreign = root / "data/raw/.corpus.csv.tmp.notours"  # not a name senti.io makes
+    foreign.write_text("someone else's")
+    before = _tree(root)
+    workspace.begin(root, OUTPUTS)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITES, str(root / OUTPUTS[0]),
+                             str(root / OUTPUTS[1])])
+    assert killed.returncode == -signal.SIGKILL
+    left = {p.relative_to(root).as_posix() for p in (*(root / "data/raw").iterdir(),
+                                                      *(root / "models").iterdir())}
+    assert len(left - set(before) - {"models/bilstm"}) == 2  # the file's and the directory's
+    assert workspace.recover(root)
+    assert _tree(root) == before
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["bilstm"]
 
 
 HOLD = """
