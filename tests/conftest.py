@@ -165,7 +165,9 @@ def trained_project(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
 
     Under xdist it is trained once for all workers: the first worker that needs it trains it
     while holding a file lock, and every worker reads its own copy (with its remote), since
-    DVC locks a repository even to read it."""
+    DVC locks a repository even to read it. Its Prefect records are in the Prefect API of the
+    worker that trained it (each worker has its own :func:`prefect_harness`): read them only
+    from a project's own retrains."""
     from flows.retrain import retrain
 
     own = tmp_path_factory.getbasetemp() / "shared"
