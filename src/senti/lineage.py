@@ -510,11 +510,15 @@ def verify_inputs(version: ModelVersion, record: dict) -> list[Check]:
                 for name, path in found.items()]
 
 
+NOT_AN_OBJECT_ID = "not a DVC object id"  # what a recorded hash that names no object gets
+
+
 def _recomputed(root: Path, oids: list[str]) -> dict[str, str | None]:
-    """Each object's hash recomputed from the project's DVC cache (None: not cached)."""
+    """Each object's hash recomputed from the project's DVC cache (None: not cached); a
+    recorded id that is no object id is never looked up."""
     files = versioning.cache_files(root, oids)
-    return {oid: versioning.object_hash(files[oid], oid) if oid in files else None
-            for oid in oids}
+    return {oid: versioning.object_hash(files[oid], oid) if oid in files
+            else None if versioning.is_object_id(oid) else NOT_AN_OBJECT_ID for oid in oids}
 
 
 def verify_data(root: Path, record: dict) -> list[Check]:
@@ -543,7 +547,12 @@ def verify(root: Path, version: ModelVersion) -> tuple[list[Check], int]:
     record = _load(version.run_id, tags.LINEAGE_RECORD)
     if record is None:
         return [Check("record", tags.LINEAGE_RECORD, "present", None)], 0
-    fetched = versioning.fetch(root, record["dvc_objects"].values())
+    objects = record.get("dvc_objects")
+    if not isinstance(objects, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in objects.items()):
+        return [Check("record", f"{tags.LINEAGE_RECORD} dvc_objects", "path -> DVC hash",
+                      "malformed")], 0
+    fetched = versioning.fetch(root, objects.values())
     return (verify_model(version, record) + verify_inputs(version, record)
             + verify_data(root, record), len(fetched))
 
@@ -668,18 +677,24 @@ def verify_ledger(root: Path, model_name: str, head: str | None = None) -> list[
 def _inside(dest: Path, relpath: str) -> Path:
     """Where a recorded relative path lands in ``dest``; a path that could land elsewhere is
     refused naming it: absolute, with a ``..``, ``.`` or empty part, a backslash or a NUL, or
-    passing through a symlink in ``dest`` (symlinks are never followed)."""
+    passing through a symlink in ``dest`` (symlinks are never followed). So is one that
+    cannot be written as a file: a file where it needs a directory, or a directory at its end."""
     parts = relpath.split("/")
     if not relpath or any(part in ("", ".", "..") for part in parts) or \
             "\\" in relpath or "\0" in relpath:
         raise LineageError(f"recorded path {relpath!r} is not a plain relative path: refused, "
                            f"it could write outside {dest}")
     target = dest
-    for part in parts:
+    for number, part in enumerate(parts, 1):
         target = target / part
         if target.is_symlink():
             raise LineageError(f"recorded path {relpath!r}: {target} is a symlink: refused, "
                                "it could write outside the directory")
+        last = number == len(parts)
+        if (target.is_dir() if last else target.exists() and not target.is_dir()):
+            raise LineageError(f"recorded path {relpath!r}: {target} is a "
+                               f"{'directory' if last else 'file'}: refused, it cannot be "
+                               "written there")
     return target
 
 
@@ -724,6 +739,9 @@ def _raw_copy(root: Path, label: str, raw: dict, dst: Path) -> Path:
     md5 = raw["md5"]
     if not md5:  # the raw data is not in the DVC cache (``cache: false`` in dvc.yaml)
         raise LineageError(f"{label}: no raw data hash recorded")
+    if not versioning.is_object_id(md5):
+        raise LineageError(f"{label}: the recorded raw data hash {md5!r} is {NOT_AN_OBJECT_ID}: "
+                           "refused")
     versioning.fetch(root, [md5])
     found = versioning.cache_files(root, [md5]).get(md5)
     if found is None:
@@ -779,9 +797,9 @@ def checkout(root: Path, version: ModelVersion, dest: Path, *,
             try:
                 _inside(dest, source)
                 staged[source] = staged[raw["path"]]
-            except LineageError:
-                notes.append(f"data.source {source} lies outside {dest}: not restored there "
-                             f"(its bytes are {raw['path']})")
+            except LineageError as exc:
+                notes.append(f"data.source {source} is not restored there ({exc}); its bytes "
+                             f"are {raw['path']}")
         staged[tags.LINEAGE_RECORD] = Path(tmp) / tags.LINEAGE_RECORD
         staged[tags.LINEAGE_RECORD].write_bytes(stored)
         for relpath, path in staged.items():

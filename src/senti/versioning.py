@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from contextlib import chdir
@@ -147,7 +148,15 @@ def push(root: Path | str) -> int | None:
 # ---- the cache and the remote, for lineage ------------------------------------------------
 # Object ids are DVC's hashes as dvc.lock records them: ``<md5>``, or ``<md5>.dir`` for the
 # manifest listing a directory's files. Where an object lives, how a manifest reads and how
-# data hashes are DVC's (dvc_data) business; callers get paths, hashes and lists.
+# data hashes are DVC's (dvc_data) business; callers get paths, hashes and lists. An id read
+# from a record is untrusted: DVC joins it onto the cache directory, so only well-formed ids
+# are looked up (``../..`` would name a file outside the cache).
+_OBJECT_ID = re.compile(r"[0-9a-f]{32}(\.dir)?")
+
+
+def is_object_id(value: object) -> bool:
+    """Whether ``value`` is a DVC object id: an md5 in hex, with ``.dir`` for a manifest."""
+    return isinstance(value, str) and _OBJECT_ID.fullmatch(value) is not None
 
 def cached_objects(root: Path | str, lock: dict) -> dict[str, str]:
     """``path -> hash`` of every output in ``lock`` (dvc.lock's ``stages``) that DVC keeps in
@@ -180,11 +189,12 @@ def object_hash(file: Path | str, oid: str) -> str:
 
 
 def cache_files(root: Path | str, oids: Iterable[str]) -> dict[str, Path]:
-    """The file holding each object in the project's DVC cache; objects it lacks are left
-    out."""
+    """The file holding each object in the project's DVC cache; objects it lacks, and ids
+    that are not object ids (:func:`is_object_id`), are left out."""
     with _repo(root) as repo:
         cache = repo.cache.local
-        return {oid: Path(cache.oid_to_path(oid)) for oid in oids if cache.exists(oid)}
+        return {oid: Path(cache.oid_to_path(oid)) for oid in oids
+                if is_object_id(oid) and cache.exists(oid)}
 
 
 def _entries(cache: HashFileDB, oid: str) -> list[tuple[str, str]]:
@@ -192,11 +202,13 @@ def _entries(cache: HashFileDB, oid: str) -> list[tuple[str, str]]:
     from dvc_data.hashfile.tree import Tree
     from dvc_objects.errors import ObjectFormatError
 
+    if not is_object_id(oid):
+        return []
     try:
         tree = Tree.load(cache, HashInfo("md5", oid))
     except (FileNotFoundError, ObjectFormatError):
         return []
-    return [("/".join(key), entry.value) for key, _, entry in tree]
+    return [("/".join(key), entry.value) for key, _, entry in tree if is_object_id(entry.value)]
 
 
 def dir_entries(root: Path | str, oid: str) -> list[tuple[str, str]]:
@@ -209,11 +221,12 @@ def dir_entries(root: Path | str, oid: str) -> list[tuple[str, str]]:
 def fetch(root: Path | str, oids: Iterable[str]) -> list[str]:
     """Fetch from the default remote into the cache the objects of ``oids`` the cache lacks,
     with the files listed by the directory manifests among them; return the ids fetched.
-    Objects the remote lacks too stay missing (an audit reports them); without a default
-    remote nothing is fetched. Objects already cached are not touched, corrupt or not."""
+    Objects the remote lacks too stay missing (an audit reports them), and so do ids that are
+    not object ids; without a default remote nothing is fetched. Objects already cached are
+    not touched, corrupt or not."""
     from dvc_data.hashfile.hash_info import HashInfo
 
-    wanted = list(dict.fromkeys(oids))
+    wanted = [oid for oid in dict.fromkeys(oids) if is_object_id(oid)]
     with _repo(root) as repo:
         if not repo.config["core"].get("remote"):
             return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -284,6 +285,30 @@ def test_verify_fails_on_altered_data_in_cache(project):
     assert senti(project, "lineage", "verify", f"{MODEL}/2").exit_code == 0
 
 
+def test_verify_never_reads_outside_the_cache_for_a_recorded_hash(project, tmp_path):
+    """A record is proved only by the ledger: a hash in it that names a path (DVC joins an id
+    onto its cache directory) is reported, not followed; a malformed record too."""
+    root = project["root"]
+    raw = chain_of(project, f"{MODEL}/2")["data"]["raw"]["md5"]
+    outside = tmp_path / "secret.csv"
+    outside.write_text("not the project's\n")
+    files_dir = cache_file(project, raw).parents[2]  # .dvc/cache/files (md5/ab/cdef...)
+    hostile = "../" + os.path.relpath(outside, files_dir)  # what DVC would resolve to it
+    assert versioning.cache_files(root, [hostile]) == {}
+    assert not versioning.is_object_id(hostile) and versioning.is_object_id(raw)
+    record_file = run_dir("2") / "lineage.json"
+    record = json.loads(record_file.read_bytes())
+    for objects, expected in (
+            ({**record["dvc_objects"], "data/raw/corpus.csv": hostile},
+             f"MISMATCH  data data/raw/corpus.csv: expected {hostile}, got not a DVC object id"),
+            (["data/raw/corpus.csv"], "MISMATCH  record lineage.json dvc_objects: expected "
+                                      "path -> DVC hash, got malformed")):
+        with changed(record_file, json.dumps({**record, "dvc_objects": objects}).encode()):
+            bad = senti(project, "lineage", "verify", f"{MODEL}/2")
+        assert bad.exit_code == 1, bad.output
+        assert expected in bad.stdout
+
+
 def test_verify_fetches_missing_data_from_the_remote(project):
     root = project["root"]
     chain = chain_of(project, f"{MODEL}/1")
@@ -368,6 +393,26 @@ def test_checkout_never_writes_through_a_symlink(project, tmp_path):
         f"recorded path 'data/raw/corpus.csv': {dest / 'data'} is a symlink: refused, it could "
         "write outside the directory")
     assert list(outside.iterdir()) == [] and list(dest.iterdir()) == [dest / "data"]
+
+
+@pytest.mark.parametrize("blocker", ["data", "params.yaml"])
+def test_checkout_refuses_a_path_it_cannot_write_before_writing_anything(project, tmp_path,
+                                                                          blocker):
+    """With --force into a directory where a file stands in the way of a restored path (or a
+    directory where a file goes), nothing is written and the refusal names it."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if blocker == "data":
+        (dest / "data").write_text("a file")
+        relpath, kind = "data/raw/corpus.csv", "file"
+    else:
+        (dest / "params.yaml").mkdir()
+        relpath, kind = "params.yaml", "directory"
+    before = {p.relative_to(dest).as_posix() for p in dest.rglob("*")}
+    assert checkout_refusal(project, dest, "--force") == (
+        f"recorded path {relpath!r}: {dest / blocker} is a {kind}: refused, it cannot be "
+        "written there")
+    assert {p.relative_to(dest).as_posix() for p in dest.rglob("*")} == before
 
 
 def test_checkout_checks_each_restored_file_against_the_record(project, tmp_path):
