@@ -468,7 +468,7 @@ def lineage_checkout_command(
     from senti import lineage
 
     version, layout = _version(ref, root)
-    with failing(lineage.LineageError):
+    with failing(lineage.LineageError, OSError):  # OSError: e.g. DEST's disk is full
         restored = lineage.checkout(layout.root, version, dest, force=force)
     for relpath, sha256 in restored["files"].items():
         typer.echo(f"restored {dest / relpath}  sha256 {sha256}")
