@@ -405,10 +405,10 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 def _set(tree: Any, dotted: str, value: Any) -> None:
     """Set an existing ``section.key`` in a nested mapping; unknown keys are an error."""
-    *sections, leaf = dotted.split(".")
-    if sections[:1] == ["paths"]:
+    if dotted.split(".")[0] == "paths":  # a key in the section, or the whole section
         raise ParamsError(f"override {dotted}: paths are part of the project layout, not a "
                           "per-run parameter (edit params.yaml and dvc.yaml together)")
+    *sections, leaf = dotted.split(".")
     node = tree
     for part in sections:
         if not isinstance(node, dict) or not isinstance(node.get(part), dict):

@@ -44,11 +44,25 @@ def test_overrides_are_typed_as_yaml():
     (["train.class_weights=1"], r"train.class_weights: expected true/false, got 1"),
     (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"must leave >= 10% for training"),
     (["paths.tokens=/tmp/x"], r"paths are part of the project layout"),
+    (["paths={tokens: x}"], r"override paths: paths are part of the project layout"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw
     with pytest.raises(ParamsError, match=message):
         apply_overrides(tree, parse_overrides(bad))
+
+
+def test_no_override_moves_the_paths(tmp_path):
+    tree = load_params(REPO).raw
+    moved = {**tree["paths"], "tokens": "elsewhere/tokens.parquet"}  # a valid paths section
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    before = (tmp_path / "params.yaml").read_bytes()
+    for overrides in ({"paths": moved}, {"paths.tokens": "elsewhere/tokens.parquet"}):
+        with pytest.raises(ParamsError, match=r"paths are part of the project layout"):
+            apply_overrides(tree, overrides)
+        with pytest.raises(ParamsError, match=r"paths are part of the project layout"):
+            write_overrides(tmp_path, overrides)  # what a retrain with overrides calls
+    assert (tmp_path / "params.yaml").read_bytes() == before
 
 
 def test_unknown_and_missing_keys_are_rejected(tmp_path):
