@@ -141,6 +141,15 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
     assert _workspace(root) == before  # raw copy byte-identical, no temporary file left
 
 
+def test_a_refused_source_creates_no_folder(tmp_path):
+    root = _project(tmp_path)
+    shutil.rmtree(root / "data")  # a fresh project: no raw copy yet
+    before = sorted(root.rglob("*"))
+    with pytest.raises(ValueError, match="no such file"):
+        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", MAX_BYTES)
+    assert sorted(root.rglob("*")) == before
+
+
 def test_the_ingest_stage_fails_with_one_line_and_keeps_its_outputs(tmp_path):
     root = _project(tmp_path, source="missing.csv")
     before = _workspace(root)
@@ -367,3 +376,9 @@ def test_atomic_writes_leave_the_old_file_or_directory_on_failure(tmp_path):
         (tmp / "index.html").write_text("new")
     assert [p.name for p in docs.iterdir()] == ["index.html"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out.parquet"]
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "new" / "dir" / "out.csv") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "new" / "docs") as tmp:
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out.parquet"]  # no new/
