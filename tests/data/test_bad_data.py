@@ -101,7 +101,8 @@ def _undecodable() -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "too large", "empty", "header only",
-                                  "wrong columns", "undecodable", "utf-16 without BOM"])
+                                  "wrong columns", "undecodable", "utf-16 without BOM",
+                                  "symlink loop"])
 def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
     root = _project(tmp_path)
     source = root / "src.csv"
@@ -120,9 +121,12 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
                        f"undecodable byte 0xff at byte offset {_undecodable()[1]:,}",
         "utf-16 without BOM": f"{name}: NUL byte at byte offset 1: not a text file (UTF-16 "
                               "without a byte-order mark?)",
+        "symlink loop": f"{name}: cannot read it: Too many levels of symbolic links",
     }[case]
     if case == "directory":
         source.mkdir()
+    elif case == "symlink loop":
+        source.symlink_to(source.name)
     elif case == "too large":
         source.write_bytes(_real_csv())
         max_bytes = 10_000
