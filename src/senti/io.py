@@ -38,6 +38,12 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def real_path(path: Path | str) -> Path:
+    """``path`` with its symlinks resolved, a symlink loop left in place: using it then fails
+    as for any unreadable file (Python 3.11's ``Path.resolve`` raises RuntimeError)."""
+    return Path(os.path.realpath(path))
+
+
 _SIBLING_TAGS = ("tmp", "old")
 _TOKEN_CHARS = 16  # secrets.token_hex(8)
 
