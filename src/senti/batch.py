@@ -31,7 +31,7 @@ import pandas as pd
 
 from senti import cluster
 from senti.config import Layout, Paths
-from senti.io import atomic_write_bytes
+from senti.io import atomic_write_bytes, real_path
 
 VERSION_COLUMN = "model_version"
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, http://, file://... (or as a Path)
@@ -70,8 +70,10 @@ def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
     if URL.match(str(path)):
         raise BatchInputError(f"{role} {path}: a URL; batch prediction reads and writes files "
                               f"under {allowed} of the project only (serve.batch_dirs)")
-    resolved = (layout.root / path).resolve()
-    if not any(resolved.is_relative_to((layout.root / folder).resolve()) for folder in folders):
+    resolved = real_path(layout.root / path)
+    if resolved.is_symlink():  # realpath leaves a symlink loop in place
+        raise BatchInputError(f"{role} {path}: a symlink loop")
+    if not any(resolved.is_relative_to(real_path(layout.root / folder)) for folder in folders):
         raise BatchInputError(f"{role} {path} is outside the project's batch folders "
                               f"({allowed} in {layout.root}; serve.batch_dirs)")
     if not output:
@@ -81,7 +83,7 @@ def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
     if resolved.is_dir():
         raise BatchInputError(f"output {path} is a directory: name a file")
     for key in Paths.model_fields:
-        if resolved.is_relative_to(getattr(layout, key).resolve()):
+        if resolved.is_relative_to(real_path(getattr(layout, key))):
             raise BatchInputError(f"output {path} would overwrite a pipeline artifact "
                                   f"(paths.{key}): name another file")
     return resolved

