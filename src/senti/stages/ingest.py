@@ -15,7 +15,7 @@ from senti.stages import main
 def run(root: Path) -> dict:
     params, layout = load_context(root)
     report = ingest.ingest(params.data.source, layout.root, layout.raw_csv,
-                           params.data.max_source_bytes)
+                           params.data.max_source_bytes, params.data.source_dirs)
     if report["source_encoding"] not in ingest.UTF8_ENCODINGS:
         print(f"ingest: data.source {params.data.source!r} is {report['source_encoding']}: "
               f"converted to UTF-8 in {params.paths.raw_csv}", file=sys.stderr)
