@@ -70,7 +70,10 @@ def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
     if URL.match(str(path)):
         raise BatchInputError(f"{role} {path}: a URL; batch prediction reads and writes files "
                               f"under {allowed} of the project only (serve.batch_dirs)")
-    resolved = (layout.root / path).resolve()
+    try:
+        resolved = (layout.root / path).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise BatchInputError(f"{role} {path}: cannot resolve it ({exc})") from exc
     if not any(resolved.is_relative_to((layout.root / folder).resolve()) for folder in folders):
         raise BatchInputError(f"{role} {path} is outside the project's batch folders "
                               f"({allowed} in {layout.root}; serve.batch_dirs)")

@@ -89,6 +89,14 @@ def test_an_output_may_not_overwrite_an_artifact_or_be_a_directory(layout):
         project_file("data/missing.csv", layout, FOLDERS)
 
 
+def test_a_symlink_loop_is_refused_naming_it(layout):
+    (layout.root / "data" / "loop.csv").symlink_to("loop.csv")
+    for output in (False, True):
+        with pytest.raises(BatchInputError, match=r"data/loop\.csv: cannot resolve it "
+                                                  r"\(Symlink loop from "):
+            project_file("data/loop.csv", layout, FOLDERS, output=output)
+
+
 def test_predictions_keep_every_row_and_column(predict, tmp_path):
     source = _csv(tmp_path / "in.csv", ["质量很好", "hello", "太差了"])
     report = predict(source, tmp_path / "new" / "out.csv", chunk_rows=2)
