@@ -123,8 +123,10 @@ def predict_chunk(source: ModelSource, chunk: pd.DataFrame, text_column: str,
 
 
 def _chunks(input_csv: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The input's rows, ``chunk_rows`` at a time, every cell a string (empty: null)."""
-    yield from pd.read_csv(input_csv, dtype=str, chunksize=chunk_rows)
+    """The input's rows, ``chunk_rows`` at a time, every cell the string it holds: only an
+    empty cell is null (``NA``, ``null``, ``None``... are texts like any other)."""
+    yield from pd.read_csv(input_csv, dtype=str, keep_default_na=False, na_values=[""],
+                           chunksize=chunk_rows)
 
 
 def _digest(chunk: pd.DataFrame) -> str:
