@@ -34,6 +34,10 @@ from senti.config import Layout, Paths
 from senti.io import atomic_write_bytes
 
 VERSION_COLUMN = "model_version"
+# What :func:`predict_chunk` adds to each row (besides ``prob_<label>``): an input that has
+# one of these columns already is refused, its output header would name a column twice.
+PREDICTION_COLUMNS = ("label", "probability", "known_share", "flag", VERSION_COLUMN)
+PROBABILITY_PREFIX = "prob_"
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, http://, file://... (or as a Path)
 
 
@@ -122,6 +126,12 @@ def predict_chunk(source: ModelSource, chunk: pd.DataFrame, text_column: str,
     return out.iloc[:0].to_csv(index=False), out.to_csv(header=False, index=False)
 
 
+def _clashing(columns: Sequence[str]) -> list[str]:
+    """The input columns that a prediction column would repeat in the output."""
+    return [name for name in columns
+            if name in PREDICTION_COLUMNS or name.startswith(PROBABILITY_PREFIX)]
+
+
 def _chunks(input_csv: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The input's rows, ``chunk_rows`` at a time, every cell the string it holds: only an
     empty cell is null (``NA``, ``null``, ``None``... are texts like any other)."""
@@ -162,6 +172,10 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
         if text_column not in columns:
             raise BatchInputError(f"{input_csv}: no column {text_column!r} "
                                   f"(columns: {list(columns)})")
+        if clashing := _clashing(columns):
+            raise BatchInputError(f"{input_csv}: already has the prediction columns "
+                                  f"{clashing} (is it an earlier output?): rename them to "
+                                  "classify it")
         sizes, digests = [], []
         for chunk in _chunks(input_csv, chunk_rows):
             sizes.append(len(chunk))

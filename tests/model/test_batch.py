@@ -120,6 +120,20 @@ def test_na_words_are_kept_as_they_are(predict, tmp_path):
     assert out["flag"].tolist()[1:] == ["no_chinese", "no_chinese"]
 
 
+def test_a_previous_output_is_refused_before_any_chunk_is_predicted(predict, tmp_path):
+    source = _csv(tmp_path / "in.csv", ["质量很好", "太差了"])
+    predict(source, tmp_path / "out.csv")
+    seen = []
+    with pytest.raises(BatchInputError, match=r"out\.csv: already has the prediction columns "
+                                              r"\['label', 'probability', 'prob_negative', "
+                                              r"'prob_positive', 'known_share', 'flag', "
+                                              r"'model_version'\] \(is it an earlier output\?\): "
+                                              r"rename them to classify it"):
+        predict(tmp_path / "out.csv", tmp_path / "again.csv",
+                progress=lambda done, total: seen.append(done))
+    assert seen == [] and not (tmp_path / "again.csv").exists()
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
