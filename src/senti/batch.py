@@ -202,9 +202,10 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
                 done.add(index)
                 progress(len(done), len(digests))
         except BatchInputError as exc:
-            raise BatchInputError(f"{input_csv} {exc}{_kept(done, digests, work)}: once the "
-                                  "input is corrected, a rerun predicts only the changed "
-                                  "chunks") from exc
+            raise BatchInputError(f"{input_csv}: {exc}{_kept(done, digests, work)}: run the "
+                                  "same command again once the input is corrected or "
+                                  "complete: only the chunks not yet done are predicted"
+                                  ) from exc
         except cluster.ChunkError as exc:
             raise BatchError(f"{input_csv}: {exc}{_kept(done, digests, work)}: run the same "
                              "command again to finish the rest") from exc
@@ -224,12 +225,20 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
 
 def _unchanged(input_csv: Path, chunk_rows: int,
                digests: Sequence[str]) -> Iterator[tuple[int, pd.DataFrame]]:
-    """The input's chunks again, each checked against the digest of the first reading."""
-    for index, chunk in enumerate(_chunks(input_csv, chunk_rows)):
-        if index >= len(digests) or _digest(chunk) != digests[index]:
-            raise BatchInputError(f"{input_csv} changed while it was being classified "
-                                  f"(chunk {index}): run again once it is complete")
+    """The input's chunks again, each checked against the digest of the first reading: an
+    input that was edited, grew or shrank since is refused."""
+    chunks = _chunks(input_csv, chunk_rows)
+    for index, digest in enumerate(digests):
+        chunk = next(chunks, None)
+        if chunk is None or _digest(chunk) != digest:
+            raise _changed(index)
         yield index, chunk
+    if next(chunks, None) is not None:
+        raise _changed(len(digests))
+
+
+def _changed(chunk: int) -> BatchInputError:
+    return BatchInputError(f"changed while it was being classified (from chunk {chunk} on)")
 
 
 def _kept(done: set[int], digests: Sequence[str], work: Path) -> str:
