@@ -6,7 +6,9 @@ with the same output byte for byte. Each finished chunk is written atomically to
 directory (``.senti/batch/<model key>/``) under the hash of its content, so a run that was
 killed or failed (a dead worker, a bad row) continues where it stopped: a rerun skips the
 chunks already done, and only the changed chunks of a corrected input are predicted again.
-The output appears, whole, only once every row is classified; its chunks are then removed.
+The output appears, whole, only once every row is classified; its chunks are then removed,
+by the last to finish of the jobs running on the same work directory (each holds a shared
+lock on it while it runs, so no job loses a chunk that it counts done).
 Input and output are local files of the project (:func:`project_file`).
 
 A model is given as a :class:`ModelSource`: something a worker process can load itself
@@ -15,6 +17,7 @@ A model is given as a :class:`ModelSource`: something a worker process can load 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +26,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +37,11 @@ from senti.config import Layout, Paths
 from senti.io import atomic_write_bytes, real_path
 
 VERSION_COLUMN = "model_version"
+# What :func:`predict_chunk` adds to each row (besides ``prob_<label>``): an input that has
+# one of these columns already is refused, its output header would name a column twice.
+PREDICTION_COLUMNS = ("label", "probability", "known_share", "flag", VERSION_COLUMN)
+PROBABILITY_PREFIX = "prob_"
+FINISHED = ".finished"  # a job that wrote its output lists its chunks in <id>.finished
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, http://, file://... (or as a Path)
 
 
@@ -121,9 +129,17 @@ def predict_chunk(source: ModelSource, chunk: pd.DataFrame, text_column: str,
     return out.iloc[:0].to_csv(index=False), out.to_csv(header=False, index=False)
 
 
+def _clashing(columns: Sequence[str]) -> list[str]:
+    """The input columns that a prediction column would repeat in the output."""
+    return [name for name in columns
+            if name in PREDICTION_COLUMNS or name.startswith(PROBABILITY_PREFIX)]
+
+
 def _chunks(input_csv: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The input's rows, ``chunk_rows`` at a time, every cell a string (empty: null)."""
-    yield from pd.read_csv(input_csv, dtype=str, chunksize=chunk_rows)
+    """The input's rows, ``chunk_rows`` at a time, every cell the string it holds: only an
+    empty cell is null (``NA``, ``null``, ``None``... are texts like any other)."""
+    yield from pd.read_csv(input_csv, dtype=str, keep_default_na=False, na_values=[""],
+                           chunksize=chunk_rows)
 
 
 def _digest(chunk: pd.DataFrame) -> str:
@@ -159,6 +175,10 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
         if text_column not in columns:
             raise BatchInputError(f"{input_csv}: no column {text_column!r} "
                                   f"(columns: {list(columns)})")
+        if clashing := _clashing(columns):
+            raise BatchInputError(f"{input_csv}: already has the prediction columns "
+                                  f"{clashing} (is it an earlier output?): rename them to "
+                                  "classify it")
         sizes, digests = [], []
         for chunk in _chunks(input_csv, chunk_rows):
             sizes.append(len(chunk))
@@ -168,13 +188,32 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
     if not sum(sizes):
         raise BatchInputError(f"{input_csv}: no rows to classify")
     work = work_dir(Path(work_root), source, text_column)
+    with _running(work):
+        resumed = _predict_missing(source, input_csv, work, digests, text_column, chunk_rows,
+                                   engine, progress)
+        _assemble(work, digests, output_csv)
+        atomic_write_bytes(work / f"{uuid.uuid4().hex}{FINISHED}",
+                           "\n".join(sorted(set(digests))).encode("utf-8"))
+    _remove_finished(work)
+    rows = sum(sizes)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "chunks": len(digests), "resumed_chunks": resumed,
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds, 1) if seconds else None,
+            "model_version": source.version, "output": str(output_csv)}
+
+
+def _predict_missing(source: ModelSource, input_csv: Path, work: Path, digests: Sequence[str],
+                     text_column: str, chunk_rows: int, engine: cluster.Engine | None,
+                     progress: Callable[[int, int], None]) -> int:
+    """Predict the chunks of ``input_csv`` that ``work`` does not hold yet, writing each
+    there as it finishes; return how many it held already."""
     done = {i for i, d in enumerate(digests) if (work / f"{d}.csv").is_file()}
     resumed = len(done)
     progress(len(done), len(digests))
     todo = ((i, (source, chunk, text_column, i * chunk_rows))
             for i, chunk in _unchanged(input_csv, chunk_rows, digests) if i not in done)
-    if len(done) < len(digests):
-        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work.mkdir(mode=0o700, exist_ok=True)
     engine_cm: AbstractContextManager[cluster.Engine] = \
         cluster.inline() if engine is None else nullcontext(engine)
     with engine_cm as running:
@@ -185,34 +224,72 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
                 done.add(index)
                 progress(len(done), len(digests))
         except BatchInputError as exc:
-            raise BatchInputError(f"{input_csv} {exc}{_kept(done, digests, work)}: once the "
-                                  "input is corrected, a rerun predicts only the changed "
-                                  "chunks") from exc
+            raise BatchInputError(f"{input_csv}: {exc}{_kept(done, digests, work)}: run the "
+                                  "same command again once the input is corrected or "
+                                  "complete: only the chunks not yet done are predicted"
+                                  ) from exc
         except cluster.ChunkError as exc:
             raise BatchError(f"{input_csv}: {exc}{_kept(done, digests, work)}: run the same "
                              "command again to finish the rest") from exc
-    _assemble(work, digests, output_csv)
-    for digest in set(digests):
-        (work / f"{digest}.csv").unlink(missing_ok=True)
-        (work / f"{digest}.head").unlink(missing_ok=True)
-    with suppress(OSError):  # kept while another job's chunks are in it
-        work.rmdir()
-    rows = sum(sizes)
-    seconds = time.perf_counter() - started
-    return {"rows": rows, "chunks": len(digests), "resumed_chunks": resumed,
-            "seconds": round(seconds, 3),
-            "rows_per_second": round(rows / seconds, 1) if seconds else None,
-            "model_version": source.version, "output": str(output_csv)}
+    return resumed
+
+
+def _lock_file(work: Path) -> int:
+    """An open descriptor of ``work``'s lock file, kept beside it (never removed: a lock
+    file removed while a job waits on it would let two jobs lock two files)."""
+    work.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(work.with_name(f"{work.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@contextmanager
+def _running(work: Path) -> Iterator[None]:
+    """Hold a shared ``flock`` on ``work`` for a job: while any job holds one, no chunk is
+    removed (:func:`_remove_finished`), so none that a job counts done can vanish. The
+    kernel releases it when the job's process dies."""
+    fd = _lock_file(work)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_finished(work: Path) -> None:
+    """Remove the chunks listed by the finished jobs (their ``*.finished`` files), and
+    ``work`` once empty, unless another job is running: the last one to finish does."""
+    fd = _lock_file(work)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        for listing in work.glob(f"*{FINISHED}"):
+            for digest in listing.read_text(encoding="utf-8").split():
+                (work / f"{digest}.csv").unlink(missing_ok=True)
+                (work / f"{digest}.head").unlink(missing_ok=True)
+            listing.unlink()
+        with suppress(OSError):  # kept while chunks of an unfinished job are in it
+            work.rmdir()
+    finally:
+        os.close(fd)
 
 
 def _unchanged(input_csv: Path, chunk_rows: int,
                digests: Sequence[str]) -> Iterator[tuple[int, pd.DataFrame]]:
-    """The input's chunks again, each checked against the digest of the first reading."""
-    for index, chunk in enumerate(_chunks(input_csv, chunk_rows)):
-        if index >= len(digests) or _digest(chunk) != digests[index]:
-            raise BatchInputError(f"{input_csv} changed while it was being classified "
-                                  f"(chunk {index}): run again once it is complete")
+    """The input's chunks again, each checked against the digest of the first reading: an
+    input that was edited, grew or shrank since is refused."""
+    chunks = _chunks(input_csv, chunk_rows)
+    for index, digest in enumerate(digests):
+        chunk = next(chunks, None)
+        if chunk is None or _digest(chunk) != digest:
+            raise _changed(index)
         yield index, chunk
+    if next(chunks, None) is not None:
+        raise _changed(len(digests))
+
+
+def _changed(chunk: int) -> BatchInputError:
+    return BatchInputError(f"changed while it was being classified (from chunk {chunk} on)")
 
 
 def _kept(done: set[int], digests: Sequence[str], work: Path) -> str:

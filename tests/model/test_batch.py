@@ -109,6 +109,31 @@ def test_predictions_keep_every_row_and_column(predict, tmp_path):
     assert (out["model_version"] == "7").all()
 
 
+def test_na_words_are_kept_as_they_are(predict, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,region,text\n1,NA,很好\n2,null,NA\n3,,None\n", encoding="utf-8")
+    predict(source, tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["1", "NA", "很好"], ["2", "null", "NA"], ["3", "", "None"]]
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert out["flag"].tolist()[1:] == ["no_chinese", "no_chinese"]
+
+
+def test_a_previous_output_is_refused_before_any_chunk_is_predicted(predict, tmp_path):
+    source = _csv(tmp_path / "in.csv", ["质量很好", "太差了"])
+    predict(source, tmp_path / "out.csv")
+    seen = []
+    with pytest.raises(BatchInputError, match=r"out\.csv: already has the prediction columns "
+                                              r"\['label', 'probability', 'prob_negative', "
+                                              r"'prob_positive', 'known_share', 'flag', "
+                                              r"'model_version'\] \(is it an earlier output\?\): "
+                                              r"rename them to classify it"):
+        predict(tmp_path / "out.csv", tmp_path / "again.csv",
+                progress=lambda done, total: seen.append(done))
+    assert seen == [] and not (tmp_path / "again.csv").exists()
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -131,6 +156,8 @@ def test_the_input_is_never_the_output(predict, tmp_path, same):
 @pytest.mark.parametrize("rows, problem", [
     (["质量很好", "好", "   ", "差"], r"rows 2..3 \(row numbers below count from 2\): invalid "
                                       r"input: row 0: text is empty"),
+    (["质量很好", ""], r"rows 0..1 \(row numbers below count from 0\): invalid input: "
+                        r"row 1: text is null"),  # an empty cell
     ([], "no rows to classify"),
 ])
 def test_a_refused_input_leaves_every_file_as_it_was(predict, tmp_path, rows, problem):

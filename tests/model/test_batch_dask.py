@@ -4,6 +4,7 @@ continues from its finished chunks; a dead worker does not lose the job; an unre
 scheduler is one line naming it."""
 
 import os
+import re
 import signal
 import sys
 import time
@@ -80,6 +81,52 @@ def test_a_killed_job_continues_from_its_finished_chunks(tiny_model, tmp_path):
     assert len(seen) == 7  # the start, then the six chunks left
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert not kept.exists()
+
+
+def test_a_job_finishing_meanwhile_keeps_the_chunks_another_job_counts_done(tiny_model,
+                                                                           tmp_path):
+    source = _csv(tmp_path / "in.csv", TEXTS)
+    predict_csv(tiny_model, source, tmp_path / "whole.csv", tmp_path / "w0", chunk_rows=5)
+    with pytest.raises(Killed):
+        predict_csv(tiny_model, source, tmp_path / "out.csv", tmp_path / "work", chunk_rows=5,
+                    progress=lambda done, total: _kill_at(done, 3))
+    other: dict = {}
+
+    def finish_another_job(done, total):
+        if not other:  # with the 3 chunks done that this job counts done
+            other.update(predict_csv(tiny_model, source, tmp_path / "other.csv",
+                                     tmp_path / "work", chunk_rows=5))
+
+    report = predict_csv(tiny_model, source, tmp_path / "out.csv", tmp_path / "work",
+                         chunk_rows=5, progress=finish_another_job)
+    assert report["resumed_chunks"] == other["resumed_chunks"] == 3
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert (tmp_path / "other.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not work_dir(tmp_path / "work", tiny_model, "text").exists()  # the last one out
+
+
+def _kill_at(done: int, at: int) -> None:
+    if done == at:
+        raise Killed
+
+
+@pytest.mark.parametrize("change", ["edited", "grown", "cut at a chunk boundary"])
+def test_an_input_changed_while_classified_is_refused_and_a_rerun_finishes(tiny_model,
+                                                                           tmp_path, change):
+    source = _csv(tmp_path / "in.csv", TEXTS[:10])
+    texts = {"edited": [*TEXTS[:9], "很好"], "grown": TEXTS[:11], "cut at a chunk boundary":
+             TEXTS[:5]}[change]
+    with pytest.raises(BatchInputError) as refused:
+        predict_csv(tiny_model, source, tmp_path / "out.csv", tmp_path / "work", chunk_rows=5,
+                    progress=lambda done, total: _csv(source, texts))
+    assert re.fullmatch(rf"{re.escape(str(source))}: changed while it was being classified "
+                        r"\(from chunk [12] on\); \d of 2 chunks are done and kept in \S+: "
+                        r"run the same command again once the input is corrected or complete: "
+                        r"only the chunks not yet done are predicted", str(refused.value))
+    report = predict_csv(tiny_model, source, tmp_path / "out.csv", tmp_path / "work",
+                         chunk_rows=5)
+    assert report["rows"] == len(texts)
+    assert pd.read_csv(tmp_path / "out.csv")["text"].tolist() == texts
 
 
 def test_a_bad_row_keeps_the_finished_chunks_and_a_fix_reuses_them(tiny_model, tmp_path):
