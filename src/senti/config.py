@@ -58,6 +58,8 @@ def _yaml_load(text: str, name: str) -> Any:
         return YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
         raise ParamsError(f"{name} is not valid YAML: {_yaml_problem(exc)}") from exc
+    except RecursionError as exc:  # the parser recurses once per level of nesting
+        raise ParamsError(f"{name}: nested too deeply to be a parameter") from exc
 
 
 class _Section(BaseModel):

@@ -51,6 +51,8 @@ def test_overrides_are_typed_as_yaml():
     (["data.source_dirs=[/]"], r"^override data.source_dirs: the folders data may be read from "
                                r"are part of the project, not a per-run parameter"),
     (["data={source: x.csv, source_dirs: [/]}"], r"^override data: the folders data may be"),
+    (["train.epochs=" + "[" * 5000], r"^override train.epochs: value '\[\[\[.*: nested too "
+                                       r"deeply to be a parameter$"),
     (["train.epochs=[1"], r"^override train.epochs: value '\[1' is not valid YAML: line 1, "
                           r"column 3: expected ',' or '\]', but got '<stream end>' \(while "
                           r"parsing a flow sequence\)$"),
