@@ -31,6 +31,8 @@ from pydantic import (
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from senti.io import real_path
+
 PARAMS_FILE = "params.yaml"
 STATE_DIR = ".senti"  # the project's private run state: lock, journal, logs (not versioned)
 ROOT_ENV = "SENTI_PROJECT_ROOT"  # set by a deployment: the one project its runs may use
@@ -536,11 +538,11 @@ def project_root(root: Path | str | None) -> Path:
     point it at another directory."""
     fixed = os.environ.get(ROOT_ENV)
     if not fixed:
-        return Path(root or ".").resolve()
-    if root is not None and Path(root).resolve() != Path(fixed).resolve():
+        return real_path(root or ".")
+    if root is not None and real_path(root) != real_path(fixed):
         raise ParamsError(f"root {str(root)!r}: this deployment runs the project at {fixed} "
                           "only")
-    return Path(fixed).resolve()
+    return real_path(fixed)
 
 
 def load_context(root: Path | str = ".") -> tuple[Params, Layout]:

@@ -182,3 +182,10 @@ def test_a_fixed_project_root_cannot_be_moved_by_a_run(tmp_path, monkeypatch):
     assert project_root(REPO) == REPO.resolve()
     with pytest.raises(ParamsError, match=r"this deployment runs the project at .* only"):
         project_root(tmp_path)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    with pytest.raises(ParamsError, match=r"this deployment runs the project at .* only"):
+        project_root(loop)  # a run's root parameter that is a symlink loop: refused, no crash
+    monkeypatch.delenv(ROOT_ENV)
+    with pytest.raises(ParamsError, match=r"cannot read it"):
+        load_params(project_root(loop))
