@@ -432,12 +432,18 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 
 # What no per-run override (``--set``, a flow run's parameters) may change, and why: where
-# the artifacts go, and where data may be read from.
+# the artifacts go, where data may be read from, and where a run sends data (a scheduler runs
+# code on the data and its results are unpickled; a webhook gets every decision).
+_WHERE_DATA_GOES = ("{what} is where a run sends its data, not a per-run parameter (edit "
+                    "params.yaml, or set {env} for this shell)")
 FIXED_PARAMS = {
     "paths": "paths are part of the project layout, not a per-run parameter (edit params.yaml "
              "and dvc.yaml together)",
     "data.source_dirs": "the folders data may be read from are part of the project, not a "
                         "per-run parameter (edit params.yaml)",
+    "dask.scheduler": _WHERE_DATA_GOES.format(what="the Dask scheduler",
+                                              env="DASK_SCHEDULER_ADDRESS"),
+    "notify.webhook_url": _WHERE_DATA_GOES.format(what="the webhook", env="SENTI_WEBHOOK_URL"),
 }
 
 

@@ -51,6 +51,13 @@ def test_overrides_are_typed_as_yaml():
     (["data.source_dirs=[/]"], r"^override data.source_dirs: the folders data may be read from "
                                r"are part of the project, not a per-run parameter"),
     (["data={source: x.csv, source_dirs: [/]}"], r"^override data: the folders data may be"),
+    (["dask.scheduler=tcp://203.0.113.9:8786"], r"^override dask.scheduler: the Dask "
+                                                r"scheduler is where a run sends its data, not "
+                                                r"a per-run parameter .*DASK_SCHEDULER_ADDRESS"),
+    (["notify.webhook_url=http://169.254.169.254/"], r"^override notify.webhook_url: the "
+                                                     r"webhook is where a run sends its data.*"
+                                                     r"SENTI_WEBHOOK_URL"),
+    (["notify={webhook_url: http://x.invalid/}"], r"^override notify: the webhook is where"),
     (["train.epochs=" + "[" * 5000], r"^override train.epochs: value '\[\[\[.*: nested too "
                                        r"deeply to be a parameter$"),
     (["train.epochs=[1"], r"^override train.epochs: value '\[1' is not valid YAML: line 1, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from senti import notify
-from senti.config import ParamsError, apply_overrides, load_params
+from senti.config import ParamsError, load_params, parse_params
 from tests.conftest import REPO
 
 
@@ -33,4 +33,4 @@ def test_the_environment_overrides_params_and_bad_urls_are_refused(monkeypatch):
     assert notify.webhook_url("") == ""
     with pytest.raises(ParamsError, match=r"notify\.webhook_url must be an http:// or "
                                           r"https:// URL with a host, got 'file:///etc/passwd'"):
-        apply_overrides(load_params(REPO).raw, {"notify.webhook_url": "file:///etc/passwd"})
+        parse_params({**load_params(REPO).raw, "notify": {"webhook_url": "file:///etc/passwd"}})
