@@ -65,3 +65,10 @@ def test_a_webhook_that_fails_is_logged_without_its_secret(receiver, caplog):
     assert caplog.text.count("webhook 'http://127.0.0.1': could not post retrain.failed") == 2
     assert "SECRET" not in caplog.text and "pw" not in caplog.text
 
+
+def test_a_redirect_is_a_failed_delivery_not_followed(receiver, caplog):
+    receiver.status, receiver.location = 302, f"{receiver.url}/elsewhere"
+    assert not notify.post(receiver.url, "retrain.failed", "x")
+    assert len(receiver.bodies) == 1 and receiver.gets == []  # POSTed once, never fetched
+    assert "could not post retrain.failed: HTTP Error 302: Found: redirects are not " \
+        "followed" in caplog.text
