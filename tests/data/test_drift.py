@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -205,6 +206,49 @@ def test_a_file_that_is_not_a_profile_is_refused():
         drift.VersionProfile.from_json(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="confidence in"):
         drift.prediction_profile(["positive"], [np.nan])
+
+
+def _tiny_profile(**data: Any) -> drift.VersionProfile:
+    """A valid profile built by hand: two texts, one test prediction."""
+    return drift.VersionProfile(
+        drift.DataProfile(**{"rows": 2, "labels": {"negative": 1, "positive": 1},
+                             "lengths": {3: 1, 5: 1}, "tokens": {"好": 2, "差": 1},
+                             "tokens_total": 3, "token_types": 2, "heldout_oov_rate": 0.1,
+                             "heldout_unseen_rate": 0.2, **data}),
+        drift.PredictionProfile(rows=1, labels={"positive": 1}, confidence={0.9: 1}))
+
+
+def test_a_profile_built_by_hand_round_trips_through_json():
+    profile = _tiny_profile()
+    assert drift.VersionProfile.from_json(profile.to_json()) == profile
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["data"].update(extra=1), r"data\.extra: Unexpected"),
+    (lambda p: p["data"].pop("tokens"), r"data\.tokens: Field required"),
+    (lambda p: p["data"].update(rows="2"), r"data\.rows: Input should be a valid integer"),
+    (lambda p: p["data"]["lengths"].update({"3": -1}), r"data\.lengths\.3: .* greater than"),
+    (lambda p: p["data"]["lengths"].update({"x": 1}), r"data\.lengths\.x: .* integer"),
+    (lambda p: p["data"].update(heldout_oov_rate=float("nan")), r"data\.heldout_oov_rate"),
+    (lambda p: p["predictions"]["confidence"].update({"1.5": 1}),
+     r"predictions\.confidence\.1\.5: .* less than or equal to 1"),
+    (lambda p: p.update(predictions=[]), r"predictions: .*"),
+    (lambda p: p.update(extra={}), r"extra: Unexpected"),
+    # np.repeat would expand these counts to 10^11 floats (745 GiB)
+    (lambda p: (p["data"].update(rows=10**11), p["data"]["lengths"].update({"3": 10**11 - 1})),
+     r"data\.rows: Input should be less than or equal to 50000000"),
+    (lambda p: p["data"]["lengths"].update({"3": 10**11}),
+     r"data\.lengths counts 100000000001 rows, not data\.rows=2"),
+    (lambda p: p["data"]["labels"].update(positive=5), r"data\.labels counts 6 rows, not"),
+    (lambda p: p["predictions"]["labels"].update(positive=2), r"predictions\.labels counts 2"),
+    (lambda p: p["predictions"]["confidence"].update({"0.9": 2}),
+     r"predictions\.confidence counts 2 rows, more than predictions\.rows=1"),
+])
+def test_a_profile_that_cannot_be_used_is_refused_naming_what_is_wrong(change, message):
+    payload = json.loads(_tiny_profile().to_json())
+    change(payload)
+    with pytest.raises(ValueError, match=rf"^not a usable senti drift profile: {message}"):
+        drift.VersionProfile.from_json(json.dumps(payload))
 
 
 # ---- the CLI and the monitor flow on a trained project --------------------------------------
