@@ -258,6 +258,49 @@ def _csv(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+def _champion(root: Path, profile: drift.VersionProfile, vocab: bool) -> None:
+    """Register a version of the project's model with ``profile`` (and, if ``vocab``, a
+    vocabulary) as its @champion, as a retrain would log them, without training one."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from senti import registry, tags
+    from senti.config import load_context
+    from senti.vocab import build_vocab
+
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(
+            params.registry.experiment).experiment_id) as run:
+        mlflow.log_text(profile.to_json(), tags.DRIFT_PROFILE)
+        if vocab:
+            mlflow.log_text(build_vocab([["好", "差"]], 1, 10).to_json().decode(),
+                            f"model/artifacts/{Path(params.paths.vocab).name}")
+    client, name = MlflowClient(), params.registry.model_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
+                                          run.info.run_id)
+    client.set_registered_model_alias(name, tags.CHAMPION, version.version)
+
+
+@pytest.mark.parametrize("profile, vocab, message", [
+    (_tiny_profile(), False, "vocab"),  # an MlflowException from the registry
+    (_tiny_profile(heldout_oov_rate=None), True, "no held-out token rates"),  # from compare
+])
+def test_senti_drift_exits_2_with_one_line_when_the_check_cannot_run(tmp_path, profile, vocab,
+                                                                      message):
+    from senti.cli import app
+
+    root = make_project(tmp_path / "project", {"segment.workers": 1})
+    _champion(root, profile, vocab)
+    csv = tmp_path / "new.csv"
+    csv.write_text("text,label\n很好的东西,positive\n太差了,negative\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["drift", str(csv), "--root", str(root)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "DRIFT" not in result.output and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_senti_drift_against_the_champion(trained_project, corpus, tmp_path):
     from senti import registry
