@@ -206,17 +206,27 @@ def copy_project(root: Path, dest: Path) -> Path:
 
 
 class Receiver(HTTPServer):
-    """Collects the JSON bodies POSTed to it; answers ``status``."""
+    """Collects the JSON bodies POSTed to it; answers ``status`` (with a ``Location`` header
+    when ``location`` is set). Records the paths it is sent a GET for, and answers 200."""
 
     def __init__(self, status: int = 200):
         self.bodies: list[dict] = []
+        self.gets: list[str] = []
         self.status = status
+        self.location = ""
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(handler) -> None:
                 length = int(handler.headers["Content-Length"])
                 self.bodies.append(json.loads(handler.rfile.read(length)))
                 handler.send_response(self.status)
+                if self.location:
+                    handler.send_header("Location", self.location)
+                handler.end_headers()
+
+            def do_GET(handler) -> None:
+                self.gets.append(handler.path)
+                handler.send_response(200)
                 handler.end_headers()
 
             def log_message(handler, *args) -> None:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -28,6 +28,9 @@ from senti.config import (
     parse_overrides,
     parse_params,
 )
+
+if TYPE_CHECKING:  # imported by the commands that use them: `senti --help` stays fast
+    from senti.drift import DriftReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Keep a Chinese sentiment classifier trained, validated and served.")
@@ -524,27 +527,42 @@ def drift_command(
     under its vocabulary, unseen tokens (thresholds: params.yaml's `drift` section).
 
     Exits 0 when nothing drifted, 1 when something did (the last line names the features),
-    2 when there is nothing to compare with or the file cannot be used: like diff, so a
-    script can tell drift from a check that did not run."""
-    from senti import drift, registry
-    from senti.segment import segment_texts
+    2, with one line, when the check cannot run (nothing to compare with, a file or registry
+    artifact that cannot be used): like diff, so a script can tell drift from a check that
+    did not run."""
+    from senti import drift
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as for lineage
-    params, layout = _registry(root)
-    with failing(LookupError, ValueError, code=2):
-        reference = registry.drift_reference(params)
-        frame = drift.read_labelled_csv(file, params.data.max_source_bytes,
-                                        params.validate.max_text_chars)
-    frame["tokens"] = segment_texts(frame["text"].tolist(),
-                                    params.segment.user_dict_path(layout.root),
-                                    params.segment.workers)
-    report = drift.compare(reference, drift.data_profile(frame, params.drift), params.drift,
-                           current=str(file))
+    params, layout = _context(root)
+    try:
+        report = _drift_report(file, params, layout)
+    except Exception as exc:  # 1 means drift: a check that did not run (registry, file) is 2
+        known = isinstance(exc, (LookupError, ValueError, OSError))
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"  # e.g. MlflowException
+        console.error(" ".join(message.split()), exc)
+        raise typer.Exit(2) from exc
     for line in drift.summary_lines(report):
         typer.echo(line)
     if report.drifted:
         raise fail(report.headline())
     typer.echo(report.headline())
+
+
+def _drift_report(file: Path, params: Params, layout: Layout) -> DriftReport:
+    """``senti drift``'s check: the CSV, read and segmented as the pipeline does, against
+    the @champion's profile and vocabulary."""
+    from senti import drift, registry
+    from senti.segment import segment_texts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as for lineage
+    registry.configure(layout, params.registry.experiment)
+    reference = registry.drift_reference(params)
+    frame = drift.read_labelled_csv(file, params.data.max_source_bytes,
+                                    params.validate.max_text_chars)
+    frame["tokens"] = segment_texts(frame["text"].tolist(),
+                                    params.segment.user_dict_path(layout.root),
+                                    params.segment.workers)
+    return drift.compare(reference, drift.data_profile(frame, params.drift), params.drift,
+                         current=str(file))
 
 
 # ---- the team stack as local processes ------------------------------------------------------

@@ -201,11 +201,23 @@ class RegistryParams(_Section):
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def url_origin(url: str) -> str:
+    """``url`` named for an error or a log line by its scheme and host alone: its userinfo,
+    path and query may be a secret (a Slack webhook's path is its key)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "a URL that cannot be parsed"
+    return f"'{parts.scheme}://{host}'" if parts.scheme else "a URL with no scheme"
+
+
 def check_url(url: str) -> str:
-    """``url`` if it is empty or an http(s) URL with a host."""
+    """``url`` if it is empty or an http(s) URL with a host; the error names it by
+    :func:`url_origin` (and does not start with "must be": :func:`_message` would add it whole)."""
     parts = urlsplit(url)
     if url and (parts.scheme not in ("http", "https") or not parts.hostname):
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        raise ValueError(f"needs an http:// or https:// URL with a host, got {url_origin(url)}")
     return url
 
 

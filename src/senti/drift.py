@@ -38,10 +38,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from senti.batch import VERSION_COLUMN
 from senti.config import DriftParams, Layout
@@ -56,6 +57,17 @@ EXAMPLES = 10  # most frequent unseen tokens a report names
 SHOWN_LABELS = 6  # labels a feature's summary names; more are counted
 HELDOUT = ("val", "test")
 UNCLASSIFIED = "(unclassified)"  # the predicted label of a row the model declined
+# Rows a profile read back may count: comparing expands its histograms to one float per row
+# (400 MB at this bound; 256 MiB of CSV, data.max_source_bytes' default, is far fewer rows).
+MAX_ROWS = 50_000_000
+
+# The types of a profile's fields: checked when one is read back (VersionProfile.from_json).
+Rows = Annotated[int, Field(strict=True, ge=1, le=MAX_ROWS)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+Share = Annotated[float, Field(strict=True, ge=0, le=1)]
+Length = Annotated[int, Field(ge=0)]  # a JSON key: the text of a number
+Confidence = Annotated[float, Field(ge=0, le=1)]  # a JSON key
+_STRICT = ConfigDict(extra="forbid")  # a key a profile does not have is an error
 
 
 class NoReference(LookupError):
@@ -70,38 +82,34 @@ def _counts(values: Iterable[Any]) -> dict[Any, int]:
 class DataProfile:
     """Counts that summarise a dataset (:func:`data_profile`)."""
 
-    rows: int
-    labels: dict[str, int]  # label -> rows ({}: unlabelled texts)
-    lengths: dict[int, int]  # text length in characters (capped at max_length) -> rows
-    tokens: dict[str, int]  # the max_tokens most frequent tokens -> occurrences, in that order
-    tokens_total: int  # every token occurrence, kept in ``tokens`` or not
-    token_types: int  # distinct tokens, kept or not
-    heldout_oov_rate: float | None = None  # val+test tokens not in its own vocabulary
-    heldout_unseen_rate: float | None = None  # val+test tokens its train split lacks
+    __pydantic_config__ = _STRICT
 
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> DataProfile:
-        lengths = {int(k): v for k, v in payload["lengths"].items()}
-        return cls(**{**payload, "lengths": lengths})
+    rows: Rows
+    labels: dict[str, Count]  # label -> rows ({}: unlabelled texts)
+    lengths: dict[Length, Count]  # text length in characters (capped at max_length) -> rows
+    tokens: dict[str, Count]  # the max_tokens most frequent tokens -> occurrences, in that order
+    tokens_total: Count  # every token occurrence, kept in ``tokens`` or not
+    token_types: Count  # distinct tokens, kept or not
+    heldout_oov_rate: Share | None = None  # val+test tokens not in its own vocabulary
+    heldout_unseen_rate: Share | None = None  # val+test tokens its train split lacks
 
 
 @dataclass(frozen=True)
 class PredictionProfile:
     """Counts that summarise predictions (:func:`prediction_profile`)."""
 
-    rows: int
-    labels: dict[str, int]  # predicted label -> rows
-    confidence: dict[float, int]  # top-class probability, rounded -> rows
+    __pydantic_config__ = _STRICT
 
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> PredictionProfile:
-        confidence = {float(k): v for k, v in payload["confidence"].items()}
-        return cls(**{**payload, "confidence": confidence})
+    rows: Rows
+    labels: dict[str, Count]  # predicted label -> rows
+    confidence: dict[Confidence, Count]  # top-class probability, rounded -> rows (classified)
 
 
 @dataclass(frozen=True)
 class VersionProfile:
     """What a registered version logs about itself: its data and its test-set predictions."""
+
+    __pydantic_config__ = _STRICT
 
     data: DataProfile
     predictions: PredictionProfile
@@ -113,11 +121,45 @@ class VersionProfile:
 
     @classmethod
     def from_json(cls, text: str) -> VersionProfile:
+        """A profile read back (from the registry: not trusted): a ValueError names the first
+        field whose type, key or count is wrong, or whose counts disagree with its rows."""
         payload = json.loads(text)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"not a senti drift profile (expected format {FORMAT})")
-        return cls(DataProfile.from_dict(payload["data"]),
-                   PredictionProfile.from_dict(payload["predictions"]))
+        fields = {key: value for key, value in payload.items() if key != "format"}
+        try:
+            profile = _PROFILE.validate_python(fields)
+            _check_totals(profile)
+        except ValidationError as exc:
+            raise ValueError(f"not a usable senti drift profile: {_field_error(exc)}") from None
+        except ValueError as exc:
+            raise ValueError(f"not a usable senti drift profile: {exc}") from None
+        return profile
+
+
+_PROFILE = TypeAdapter(VersionProfile)
+
+
+def _field_error(exc: ValidationError) -> str:
+    """The first error of a profile's validation, as ``data.lengths.7: <what is wrong>``."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    return f"{where}: {error['msg']}"
+
+
+def _check_totals(profile: VersionProfile) -> None:
+    """Each histogram counts the profile's rows (confidences: its classified rows)."""
+    data, predictions = profile.data, profile.predictions
+    totals = [("data.lengths", data.lengths, data.rows),
+              ("data.labels", data.labels, data.rows if data.labels else 0),
+              ("predictions.labels", predictions.labels, predictions.rows)]
+    for name, counts, rows in totals:
+        if sum(counts.values()) != rows:
+            raise ValueError(f"{name} counts {sum(counts.values())} rows, not "
+                             f"{name.split('.')[0]}.rows={rows}")
+    if (classified := sum(predictions.confidence.values())) > predictions.rows:
+        raise ValueError(f"predictions.confidence counts {classified} rows, more than "
+                         f"predictions.rows={predictions.rows}")
 
 
 @dataclass(frozen=True)

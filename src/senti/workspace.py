@@ -12,6 +12,8 @@ Two pieces, both plain files under the project's private state directory ``.sent
   (the run's outputs are the new workspace); :func:`restore` puts every file back byte for
   byte and removes what the run created. A journal still present when the lock is next taken
   belongs to a run that was killed: :func:`recover` restores it before anything else runs.
+  A journal is dropped by renaming it away first, so a kill while it is being deleted never
+  leaves part of it to be restored.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from senti.io import stale_siblings, write_json
 
 LOCK_FILE = "retrain.lock"
 JOURNAL_DIR = "journal"
+DROPPED_DIR = "journal.dropped"  # a journal being deleted: never restored
 MANIFEST = "manifest.json"
 # Files of the project itself that a run may change (params.yaml: per-run overrides).
 PROJECT_FILES = (PARAMS_FILE, "dvc.lock")
@@ -108,6 +111,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _drop(journal: Path) -> None:
+    """Delete the journal: renamed aside in one step, then removed, so it is whole or gone
+    (:func:`recover` finishes the removal of one a kill cut short)."""
+    dropped = journal.with_name(DROPPED_DIR)
+    _remove(dropped)
+    if journal.exists():
+        journal.replace(dropped)
+    _remove(dropped)
+
+
 def begin(root: Path | str, outputs: Iterable[Path | str]) -> None:
     """Copy ``params.yaml``, ``dvc.lock`` and ``outputs`` (paths relative to ``root``) into
     the journal, and record which of them existed."""
@@ -133,7 +146,7 @@ def begin(root: Path | str, outputs: Iterable[Path | str]) -> None:
 
 def commit(root: Path | str) -> None:
     """Keep the run's workspace: drop the journal."""
-    _remove(_journal(Path(root)))
+    _drop(_journal(Path(root)))
 
 
 def restore(root: Path | str) -> list[str]:
@@ -145,7 +158,7 @@ def restore(root: Path | str) -> list[str]:
     journal = _journal(root)
     manifest = journal / MANIFEST
     if not manifest.exists():
-        _remove(journal)
+        _drop(journal)
         return []
     changed = []
     for rel, existed in json.loads(manifest.read_text(encoding="utf-8")).items():
@@ -160,7 +173,7 @@ def restore(root: Path | str) -> list[str]:
         elif not existed and (target.exists() or target.is_symlink()):
             _remove(target)
             changed.append(rel)
-    _remove(journal)
+    _drop(journal)
     return changed
 
 
@@ -181,7 +194,10 @@ def keep_failed(root: Path | str, paths: Iterable[Path]) -> Path:
 
 def recover(root: Path | str) -> list[str]:
     """Restore the journal of a run that was killed, if one is there (call with the lock
-    held). Returns the restored paths; empty when there was nothing to recover."""
-    if not _journal(Path(root)).exists():
+    held), and finish deleting one a kill cut short. Returns the restored paths; empty when
+    there was nothing to recover."""
+    journal = _journal(Path(root))
+    if not journal.exists():
+        _drop(journal)
         return []
     return restore(root)

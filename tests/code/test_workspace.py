@@ -78,6 +78,42 @@ def test_a_restore_interrupted_half_way_completes_when_run_again(tmp_path):
     assert _tree(root) == before
 
 
+# A commit killed after its first N deletions (rmtree deletes with os.unlink).
+KILLED_COMMIT = """
+import os, signal, sys
+from senti import workspace
+left, unlink = int(sys.argv[2]), os.unlink
+def dying_unlink(*args, **kwargs):
+    global left
+    if left == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    left -= 1
+    unlink(*args, **kwargs)
+os.unlink = dying_unlink
+workspace.commit(sys.argv[1])
+"""
+
+
+def test_a_commit_killed_at_any_point_leaves_the_old_or_the_new_workspace(tmp_path):
+    journaled = 5  # params.yaml, dvc.lock, the corpus, the model file and the manifest
+    for deletions in range(4 * journaled):  # until a commit runs to its end
+        root = _project(tmp_path / str(deletions))
+        before = _tree(root)
+        workspace.begin(root, OUTPUTS)
+        assert sum(p.is_file() for p in (root / ".senti/journal").rglob("*")) == journaled
+        _run_changes(root)
+        after = _tree(root)
+        killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(root),
+                                 str(deletions)])
+        workspace.recover(root)  # the next run
+        assert _tree(root) in (before, after), f"killed after {deletions} deletions"
+        assert list((root / ".senti").iterdir()) == []  # no journal left behind
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -signal.SIGKILL
+    assert deletions >= journaled  # a kill cut short the deletion of every journaled file
+
+
 def test_begin_refuses_to_overwrite_an_unrecovered_journal(tmp_path):
     root = _project(tmp_path)
     workspace.begin(root, OUTPUTS)

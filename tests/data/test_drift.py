@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,11 +208,97 @@ def test_a_file_that_is_not_a_profile_is_refused():
         drift.prediction_profile(["positive"], [np.nan])
 
 
+def _tiny_profile(**data: Any) -> drift.VersionProfile:
+    """A valid profile built by hand: two texts, one test prediction."""
+    return drift.VersionProfile(
+        drift.DataProfile(**{"rows": 2, "labels": {"negative": 1, "positive": 1},
+                             "lengths": {3: 1, 5: 1}, "tokens": {"好": 2, "差": 1},
+                             "tokens_total": 3, "token_types": 2, "heldout_oov_rate": 0.1,
+                             "heldout_unseen_rate": 0.2, **data}),
+        drift.PredictionProfile(rows=1, labels={"positive": 1}, confidence={0.9: 1}))
+
+
+def test_a_profile_built_by_hand_round_trips_through_json():
+    profile = _tiny_profile()
+    assert drift.VersionProfile.from_json(profile.to_json()) == profile
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["data"].update(extra=1), r"data\.extra: Unexpected"),
+    (lambda p: p["data"].pop("tokens"), r"data\.tokens: Field required"),
+    (lambda p: p["data"].update(rows="2"), r"data\.rows: Input should be a valid integer"),
+    (lambda p: p["data"]["lengths"].update({"3": -1}), r"data\.lengths\.3: .* greater than"),
+    (lambda p: p["data"]["lengths"].update({"x": 1}), r"data\.lengths\.x: .* integer"),
+    (lambda p: p["data"].update(heldout_oov_rate=float("nan")), r"data\.heldout_oov_rate"),
+    (lambda p: p["predictions"]["confidence"].update({"1.5": 1}),
+     r"predictions\.confidence\.1\.5: .* less than or equal to 1"),
+    (lambda p: p.update(predictions=[]), r"predictions: .*"),
+    (lambda p: p.update(extra={}), r"extra: Unexpected"),
+    # np.repeat would expand these counts to 10^11 floats (745 GiB)
+    (lambda p: (p["data"].update(rows=10**11), p["data"]["lengths"].update({"3": 10**11 - 1})),
+     r"data\.rows: Input should be less than or equal to 50000000"),
+    (lambda p: p["data"]["lengths"].update({"3": 10**11}),
+     r"data\.lengths counts 100000000001 rows, not data\.rows=2"),
+    (lambda p: p["data"]["labels"].update(positive=5), r"data\.labels counts 6 rows, not"),
+    (lambda p: p["predictions"]["labels"].update(positive=2), r"predictions\.labels counts 2"),
+    (lambda p: p["predictions"]["confidence"].update({"0.9": 2}),
+     r"predictions\.confidence counts 2 rows, more than predictions\.rows=1"),
+])
+def test_a_profile_that_cannot_be_used_is_refused_naming_what_is_wrong(change, message):
+    payload = json.loads(_tiny_profile().to_json())
+    change(payload)
+    with pytest.raises(ValueError, match=rf"^not a usable senti drift profile: {message}"):
+        drift.VersionProfile.from_json(json.dumps(payload))
+
+
 # ---- the CLI and the monitor flow on a trained project --------------------------------------
 
 def _csv(path: Path, frame: pd.DataFrame) -> Path:
     frame.to_csv(path, index=False)
     return path
+
+
+def _champion(root: Path, profile: drift.VersionProfile, vocab: bool) -> None:
+    """Register a version of the project's model with ``profile`` (and, if ``vocab``, a
+    vocabulary) as its @champion, as a retrain would log them, without training one."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from senti import registry, tags
+    from senti.config import load_context
+    from senti.vocab import build_vocab
+
+    params, layout = load_context(root)
+    registry.configure(layout, params.registry.experiment)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(
+            params.registry.experiment).experiment_id) as run:
+        mlflow.log_text(profile.to_json(), tags.DRIFT_PROFILE)
+        if vocab:
+            mlflow.log_text(build_vocab([["好", "差"]], 1, 10).to_json().decode(),
+                            f"model/artifacts/{Path(params.paths.vocab).name}")
+    client, name = MlflowClient(), params.registry.model_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
+                                          run.info.run_id)
+    client.set_registered_model_alias(name, tags.CHAMPION, version.version)
+
+
+@pytest.mark.parametrize("profile, vocab, message", [
+    (_tiny_profile(), False, "vocab"),  # an MlflowException from the registry
+    (_tiny_profile(heldout_oov_rate=None), True, "no held-out token rates"),  # from compare
+])
+def test_senti_drift_exits_2_with_one_line_when_the_check_cannot_run(tmp_path, profile, vocab,
+                                                                      message):
+    from senti.cli import app
+
+    root = make_project(tmp_path / "project", {"segment.workers": 1})
+    _champion(root, profile, vocab)
+    csv = tmp_path / "new.csv"
+    csv.write_text("text,label\n很好的东西,positive\n太差了,negative\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["drift", str(csv), "--root", str(root)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "DRIFT" not in result.output and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
