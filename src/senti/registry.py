@@ -337,7 +337,8 @@ def log_drift_report(run_id: str, report: drift.DriftReport) -> None:
 
 def evaluate_gate(layout: Layout, params: Params,
                   version: str | None = None) -> gate.GateDecision:
-    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide.
+    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide. The
+    decision names the version as MLflow spells it, however ``version`` was written.
 
     The challenger must carry the ``senti.validation`` tag that :func:`log_retrain` writes:
     a version registered without it fails the gate's validation condition.
@@ -354,11 +355,12 @@ def evaluate_gate(layout: Layout, params: Params,
         model_version = client.get_model_version(name, challenger)
     except MlflowException as exc:
         raise gate.PromotionError(f"{name} has no version {challenger}") from exc
+    challenger = str(model_version.version)  # MLflow's spelling: "01", " 1", "+1" are "1"
     champion = alias_version(name, tags.CHAMPION)
-    if champion == str(challenger):
+    if champion == challenger:
         raise gate.PromotionError(f"version {challenger} is already the champion")
     decision = gate.judge(
-        layout, params.promote, (str(challenger), _load(f"models:/{name}/{challenger}")),
+        layout, params.promote, (challenger, _load(f"models:/{name}/{challenger}")),
         None if champion is None else (champion, _load(f"models:/{name}/{champion}")),
         validation_passed=model_version.tags.get(tags.VALIDATION) == "passed",
         run_metrics=client.get_run(model_version.run_id).data.metrics)
