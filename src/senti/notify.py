@@ -27,8 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def webhook_url(configured: str) -> str:
-    """The webhook to post to: ``SENTI_WEBHOOK_URL`` if set, else ``configured`` ("" = none)."""
-    return check_url(os.environ.get(WEBHOOK_ENV) or configured)
+    """The webhook to post to: ``SENTI_WEBHOOK_URL`` if set, else ``configured`` ("" = none).
+    A malformed ``SENTI_WEBHOOK_URL`` raises ValueError naming it (``configured`` was checked
+    when params.yaml was read)."""
+    try:
+        return check_url(os.environ.get(WEBHOOK_ENV) or configured)
+    except ValueError as exc:
+        raise ValueError(f"{WEBHOOK_ENV} {exc}") from None
 
 
 def post(url: str, event: str, text: str, **details: Any) -> bool:

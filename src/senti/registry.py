@@ -385,7 +385,8 @@ def _record(root: Path | None, model_name: str, version: str, new_tags: dict[str
     only (earlier ones stay in its run's decisions table, to which ``row`` is added). Its
     ``previous_champion`` stays unless ``new_tags`` sets it: rollbacks follow it. Make the
     version @champion when ``champion``, and append the decision to the ledger of the project
-    at ``root`` (None: no ledger). Return its run id."""
+    at ``root`` (None: no ledger; one that cannot be written is a warning, the decision
+    stands: :func:`senti.lineage.record_decision`). Return its run id."""
     client = _registry()
     found = client.get_model_version(model_name, version)
     for key in found.tags:
@@ -398,9 +399,8 @@ def _record(root: Path | None, model_name: str, version: str, new_tags: dict[str
         client.set_registered_model_alias(model_name, tags.CHAMPION, version)
         if alias_version(model_name, tags.CHALLENGER) == version:
             client.delete_registered_model_alias(model_name, tags.CHALLENGER)
-    lineage.record_in_ledger(root, model_name, {
-        "kind": "decision", "champion": champion,
-        **{key: str(row[key]) for key in lineage.DECISION_FIELDS}})
+    lineage.record_decision(root, model_name, {
+        "champion": champion, **{key: str(row[key]) for key in lineage.DECISION_FIELDS}})
     return found.run_id
 
 
