@@ -5,17 +5,21 @@ failure changes: nothing before the decision is recorded; the decision itself af
 
 from __future__ import annotations
 
+import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from dvc.repo import Repo
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.promote import promote
-from senti import lineage, notify, registry, tags
+from flows.promote import gate_new_version, promote, rollback
+from senti import lineage, notify, registry, tags, workspace
 from senti.cli import app
 from senti.config import load_context
 from senti.promote import PromotionError
@@ -24,6 +28,13 @@ from tests.conftest import REPO, set_params
 KEYWORD_MODEL = Path(__file__).with_name("keyword_model.py")
 LENIENT_GATE = {"promote.min_delta": -1.0, "promote.require_beat_baseline": False,
                 "promote.min_behaviour_pass_rate": 0.0}
+HOLD = """
+import sys, time
+from senti import workspace
+with workspace.project_lock(sys.argv[1], run="nightly"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
 
 
 @pytest.fixture
@@ -89,3 +100,85 @@ def test_a_version_spelled_otherwise_is_still_the_champion(project):
     assert champion(project) == "1" and version_tags(project, "1") == before
     assert [r["decision"] for r in lineage.decisions(model_name(project), "1")] == ["promoted"]
 
+
+def test_a_malformed_webhook_url_stops_promote_and_rollback_before_anything_changes(
+        project, monkeypatch):
+    promoted_first(project)
+    monkeypatch.setenv(notify.WEBHOOK_ENV, "hooks.example/senti")
+    with pytest.raises(ValueError, match=rf"^{notify.WEBHOOK_ENV} must be an http"):
+        promote(root=str(project), version="2")
+    assert champion(project) == "1" and tags.DECISION not in version_tags(project, "2")
+    monkeypatch.delenv(notify.WEBHOOK_ENV)
+    assert promote(root=str(project), version="2")["promoted"]
+    monkeypatch.setenv(notify.WEBHOOK_ENV, "ftp://hooks.example/senti")
+    cli = CliRunner().invoke(app, ["rollback", "--root", str(project)])
+    assert cli.exit_code == 1 and f"{notify.WEBHOOK_ENV} must be an http" in cli.output
+    assert champion(project) == "2" and tags.ROLLED_BACK not in version_tags(project, "2")
+
+
+def test_a_gate_that_cannot_run_leaves_the_champion_and_says_why(project, monkeypatch):
+    promoted_first(project)
+    stub = register(project, loadable=False)
+    result = gate_new_version(str(project), stub)
+    assert result["decision"] == "error" and not result["promoted"]
+    assert result["reason"].startswith(f"gate could not run: cannot load models:/"
+                                       f"{model_name(project)}/{stub}")
+    monkeypatch.setenv(notify.WEBHOOK_ENV, "not a url")
+    result = gate_new_version(str(project), "2")
+    assert result["decision"] == "error"
+    assert result["reason"].startswith(f"gate could not run: {notify.WEBHOOK_ENV} must be")
+    assert champion(project) == "1"
+    for version in ("2", stub):
+        assert tags.DECISION not in version_tags(project, version)
+        assert lineage.decisions(model_name(project), version) == []
+
+
+def _remote(root: Path, url: str) -> None:
+    (root / ".dvc" / "config").write_text(
+        f"[core]\n    no_scm = true\n    remote = store\n['remote \"store\"']\n    url = {url}\n")
+
+
+def test_a_ledger_that_cannot_be_written_leaves_the_decision_standing(project, caplog):
+    Repo.init(str(project), no_scm=True).close()
+    _remote(project, str(project.parent / "remote"))
+    promoted_first(project)  # its decision is in the ledger
+    (project.parent / "blocked").write_text("a file where the remote's directory would be")
+    _remote(project, str(project.parent / "blocked" / "remote"))
+    with caplog.at_level(logging.WARNING, logger="senti"):
+        decision = promote(root=str(project), version="2")
+    assert decision["promoted"] and champion(project) == "2"
+    assert (f"{model_name(project)}: decision promoted on version 2 at {decision['time']}: "
+            "no ledger entry written") in caplog.text
+    _remote(project, str(project.parent / "remote"))
+    found = {check.name: check for check in lineage.verify_ledger(project, model_name(project))}
+    assert found["decision promoted on version 1 at " + lineage.decisions(
+        model_name(project), "1")[0]["time"]].ok
+    missing = found[f"decision promoted on version 2 at {decision['time']}"]
+    assert missing.describe().startswith("MISSING   ledger decision promoted on version 2")
+
+
+def test_promote_and_rollback_are_refused_while_another_run_holds_the_project(project):
+    promoted_first(project)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(project)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = rf"^another retrain of this project is running: pid {holder.pid} on .*\(nightly\)"
+        with pytest.raises(workspace.LockBusy, match=busy):
+            promote(root=str(project), version="2")
+        with pytest.raises(workspace.LockBusy, match=busy):
+            rollback(root=str(project))
+        cli = CliRunner().invoke(app, ["promote", "--version", "2", "--root", str(project)])
+        assert cli.exit_code == 1 and f"pid {holder.pid}" in cli.output
+        assert len(cli.output.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert champion(project) == "1" and tags.DECISION not in version_tags(project, "2")
+
+
+def test_the_gate_of_a_retrain_runs_under_the_retrain_s_lock(project):
+    promoted_first(project)
+    with workspace.project_lock(project, run="this retrain"):
+        assert gate_new_version(str(project), "2")["decision"] == "promoted"
+    assert champion(project) == "2"
