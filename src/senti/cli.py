@@ -175,14 +175,18 @@ def promote_command(
 ) -> None:
     """Run the promotion gate: challenger vs champion on the current test split.
 
-    Exits 0 when the version became the champion, 1 when the gate rejected it.
+    Exits 0 when the version became the champion, 1 when the gate rejected it or could not
+    run (e.g. a retrain of this project is running).
     """
     if force and not (reason and reason.strip()):
         raise fail("--force needs --reason \"...\": the override is recorded", code=2)
     from flows.promote import promote
     from senti.promote import PromotionError
+    from senti.registry import RegistryError
+    from senti.workspace import LockBusy
 
-    with failing(PromotionError, ParamsError):
+    # ValueError: a malformed SENTI_WEBHOOK_URL, refused before anything is recorded
+    with failing(PromotionError, RegistryError, LockBusy, ParamsError, ValueError):
         decision = promote(root=str(root), version=version, force=force, reason=reason)
     for condition in decision["conditions"]:
         mark = "ok  " if condition["passed"] else "FAIL"
@@ -201,8 +205,9 @@ def rollback_command(
     """Make the previous champion the champion again."""
     from flows.promote import rollback
     from senti.promote import PromotionError
+    from senti.workspace import LockBusy
 
-    with failing(PromotionError, ParamsError):
+    with failing(PromotionError, LockBusy, ParamsError, ValueError):
         restored = rollback(root=str(root), reason=reason)
     typer.echo(f"@champion: version {restored['from_version']} -> {restored['to_version']}")
 

@@ -191,6 +191,20 @@ def record_in_ledger(root: Path | None, model_name: str, facts: dict[str, Any]) 
         _LOG.warning("%s %s: no ledger entry written (%s)", model_name, facts.get("kind"), exc)
 
 
+def record_decision(root: Path | None, model_name: str, facts: dict[str, Any]) -> None:
+    """Append a gate decision or rollback (``facts``: :data:`DECISION_FIELDS` and whether it
+    made a champion) to the model's ledger. MLflow holds it already and @champion may have
+    moved: a ledger that cannot be written (the remote unreachable, full, not writable) leaves
+    the decision standing, with a warning naming the entry, which ``senti lineage verify
+    --ledger`` then reports MISSING, as in a project without a remote."""
+    try:
+        record_in_ledger(root, model_name, {"kind": "decision", **facts})
+    except Exception as exc:  # a failure here must not fail a decision already made
+        _LOG.warning("%s: %s: no ledger entry written (%s: %s); senti lineage verify --ledger "
+                     "reports it MISSING", model_name, _decision_label(facts),
+                     type(exc).__name__, exc, exc_info=True)
+
+
 def record_registration(root: Path, version: ModelVersion) -> None:
     """The ledger entry of a newly registered version: its run, and the hashes of its
     record, its model manifest and its dvc.lock, as MLflow stored them."""
@@ -622,13 +636,17 @@ def _decision_key(facts: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(facts.get(field)) for field in DECISION_FIELDS)
 
 
+def _decision_label(facts: dict[str, Any]) -> str:
+    """How ``verify --ledger`` names a decision or rollback."""
+    return "decision {decision} on version {version} at {time}".format_map(facts)
+
+
 def _decision_checks(book: ledger.Ledger, model_name: str,
                      versions: list[ModelVersion]) -> list[Check]:
     """Every decision and rollback in the versions' decisions tables is in the ledger, and
     every one in the ledger is in a table; the last that made a champion names @champion."""
     def label(key: tuple[str, ...]) -> str:
-        facts = dict(zip(DECISION_FIELDS, key, strict=True))
-        return "decision {decision} on version {version} at {time}".format_map(facts)
+        return _decision_label(dict(zip(DECISION_FIELDS, key, strict=True)))
 
     logged = [_decision_key(row) for v in versions for row in decisions(model_name, str(v.version))]
     chained = {_decision_key(e.facts): e for e in book.entries

@@ -310,7 +310,7 @@ def rollback_target(model_name: str, champion: str | None,
 
     ``champion_tags`` are the champion's version tags. It must have been made champion by
     senti (a promotion, a forced promotion or a rollback), else its recorded predecessor
-    cannot be trusted.
+    cannot be trusted; a predecessor that is the champion itself is refused too.
     """
     if champion is None:
         raise PromotionError(f"{model_name} has no @{tags.CHAMPION}: nothing to roll back")
@@ -324,6 +324,11 @@ def rollback_target(model_name: str, champion: str | None,
     if previous == tags.NONE:
         raise PromotionError(f"version {champion} is the first recorded champion: there is "
                              "no earlier champion to roll back to")
+    if previous == champion:
+        raise PromotionError(
+            f"version {champion} records itself as the champion it replaced (a gate that "
+            "judged it against itself): its chain is broken; use senti promote --version N "
+            "--force --reason ... to make the right version champion")
     return previous
 
 

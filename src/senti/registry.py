@@ -337,7 +337,8 @@ def log_drift_report(run_id: str, report: drift.DriftReport) -> None:
 
 def evaluate_gate(layout: Layout, params: Params,
                   version: str | None = None) -> gate.GateDecision:
-    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide.
+    """Re-evaluate ``version`` (default: the @challenger) and the @champion; decide. The
+    decision names the version as MLflow spells it, however ``version`` was written.
 
     The challenger must carry the ``senti.validation`` tag that :func:`log_retrain` writes:
     a version registered without it fails the gate's validation condition.
@@ -354,11 +355,12 @@ def evaluate_gate(layout: Layout, params: Params,
         model_version = client.get_model_version(name, challenger)
     except MlflowException as exc:
         raise gate.PromotionError(f"{name} has no version {challenger}") from exc
+    challenger = str(model_version.version)  # MLflow's spelling: "01", " 1", "+1" are "1"
     champion = alias_version(name, tags.CHAMPION)
-    if champion == str(challenger):
+    if champion == challenger:
         raise gate.PromotionError(f"version {challenger} is already the champion")
     decision = gate.judge(
-        layout, params.promote, (str(challenger), _load(f"models:/{name}/{challenger}")),
+        layout, params.promote, (challenger, _load(f"models:/{name}/{challenger}")),
         None if champion is None else (champion, _load(f"models:/{name}/{champion}")),
         validation_passed=model_version.tags.get(tags.VALIDATION) == "passed",
         run_metrics=client.get_run(model_version.run_id).data.metrics)
@@ -383,7 +385,8 @@ def _record(root: Path | None, model_name: str, version: str, new_tags: dict[str
     only (earlier ones stay in its run's decisions table, to which ``row`` is added). Its
     ``previous_champion`` stays unless ``new_tags`` sets it: rollbacks follow it. Make the
     version @champion when ``champion``, and append the decision to the ledger of the project
-    at ``root`` (None: no ledger). Return its run id."""
+    at ``root`` (None: no ledger; one that cannot be written is a warning, the decision
+    stands: :func:`senti.lineage.record_decision`). Return its run id."""
     client = _registry()
     found = client.get_model_version(model_name, version)
     for key in found.tags:
@@ -396,9 +399,8 @@ def _record(root: Path | None, model_name: str, version: str, new_tags: dict[str
         client.set_registered_model_alias(model_name, tags.CHAMPION, version)
         if alias_version(model_name, tags.CHALLENGER) == version:
             client.delete_registered_model_alias(model_name, tags.CHALLENGER)
-    lineage.record_in_ledger(root, model_name, {
-        "kind": "decision", "champion": champion,
-        **{key: str(row[key]) for key in lineage.DECISION_FIELDS}})
+    lineage.record_decision(root, model_name, {
+        "champion": champion, **{key: str(row[key]) for key in lineage.DECISION_FIELDS}})
     return found.run_id
 
 

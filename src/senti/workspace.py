@@ -1,12 +1,14 @@
-"""The project workspace under unattended runs: one retrain at a time, and a workspace that a
-refused, failed, killed or per-run-overridden retrain leaves exactly as it found it.
+"""The project workspace under unattended runs: one retrain (or promote, or rollback) at a
+time, and a workspace that a refused, failed, killed or per-run-overridden retrain leaves
+exactly as it found it.
 
 Two pieces, both plain files under the project's private state directory ``.senti/``:
 
 * :func:`project_lock` is an exclusive ``flock`` on ``.senti/retrain.lock``, held for a whole
-  retrain. The kernel releases it when its holder dies (``kill -9`` included), so a lock is
-  never left stale; the file also names its holder (pid, host, start time, run) so a refused
-  second run can say who holds it, and the next holder notes a holder that died.
+  retrain, promote or rollback. The kernel releases it when its holder dies (``kill -9``
+  included), so a lock is never left stale; the file also names its holder (command, pid,
+  host, start time, run) so a refused second run can say who holds it, and the next holder
+  notes a holder that died.
 * a **journal** (``.senti/journal/``): before a retrain changes anything, :func:`begin` copies
   ``params.yaml``, ``dvc.lock`` and every pipeline output aside. :func:`commit` drops the copy
   (the run's outputs are the new workspace); :func:`restore` puts every file back byte for
@@ -42,7 +44,7 @@ FAILED_DIR = "failed-run"  # the reports of the last refused or failed run
 
 
 class LockBusy(RuntimeError):
-    """Another retrain of this project holds the lock."""
+    """Another retrain, promote or rollback of this project holds the lock."""
 
 
 def state_dir(root: Path | str) -> Path:
@@ -52,22 +54,26 @@ def state_dir(root: Path | str) -> Path:
     return path
 
 
-def _holder(text: str) -> str:
+def _holder(text: str) -> tuple[str, str]:
+    """The command that wrote a lock record (``retrain`` when it does not say) and who it
+    was."""
     try:
         who = json.loads(text)
-        return (f"pid {who['pid']} on {who['host']} since {who['started']}"
-                + (f" ({who['run']})" if who.get("run") else ""))
-    except (ValueError, KeyError, TypeError):
-        return "an unknown process"
+        return who.get("command", "retrain"), (
+            f"pid {who['pid']} on {who['host']} since {who['started']}"
+            + (f" ({who['run']})" if who.get("run") else ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "retrain", "an unknown process"
 
 
 @contextmanager
-def project_lock(root: Path | str, *, run: str = "", wait_s: float = 0.0,
-                 notes: list[str] | None = None) -> Iterator[None]:
-    """Hold the project's retrain lock for the block.
+def project_lock(root: Path | str, *, command: str = "retrain", run: str = "",
+                 wait_s: float = 0.0, notes: list[str] | None = None) -> Iterator[None]:
+    """Hold the project's lock for the block, as ``command`` (what a refused run is told).
 
     Waits up to ``wait_s`` seconds for a holder to finish, then raises :class:`LockBusy`
     naming the holder. A holder record left by a process that died is noted in ``notes``.
+    Not reentrant: a process that holds the lock must not take it again.
     """
     path = state_dir(root) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -79,15 +85,17 @@ def project_lock(root: Path | str, *, run: str = "", wait_s: float = 0.0,
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = _holder(path.read_text(encoding="utf-8"))
+                    busy, holder = _holder(path.read_text(encoding="utf-8"))
                     waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
-                    raise LockBusy(f"another retrain of this project is running: {holder}"
+                    raise LockBusy(f"another {busy} of this project is running: {holder}"
                                    f"{waited}; lock file {path}") from None
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
         stale = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         if stale.strip() and notes is not None:
-            notes.append(f"cleared the lock of a retrain that died: {_holder(stale)}")
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": run,
+            died, holder = _holder(stale)
+            notes.append(f"cleared the lock of a {died} that died: {holder}")
+        record = json.dumps({"command": command, "pid": os.getpid(),
+                             "host": socket.gethostname(), "run": run,
                              "started": datetime.now(UTC).isoformat(timespec="seconds")})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode("utf-8"), 0)

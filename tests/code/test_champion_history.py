@@ -125,3 +125,16 @@ def test_rollback_refuses_a_champion_senti_did_not_promote(store):
     with pytest.raises(gate.PromotionError, match="moved outside senti"):
         registry.rollback(None, name, "x", None)
     assert champion(name) == outside
+
+
+def test_rollback_refuses_a_champion_recorded_as_its_own_predecessor(store):
+    """What an earlier senti wrote when ``--version 01`` judged the champion against itself:
+    a rollback would "restore" the champion over itself."""
+    name = store
+    first = register(name)
+    registry.record_decision(None, name, judged(first, None), None)
+    registry._registry().set_model_version_tag(name, first, tags.PREVIOUS_CHAMPION, first)
+    before = version_tags(name, first)
+    with pytest.raises(gate.PromotionError, match="records itself as the champion it replaced"):
+        registry.rollback(None, name, "x", None)
+    assert champion(name) == first and version_tags(name, first) == before

@@ -152,6 +152,8 @@ def test_rollback_restores_the_champion_the_current_one_replaced():
         rollback_target("m", "1", {tags.DECISION: "promoted", tags.PREVIOUS_CHAMPION: "none"})
     with pytest.raises(PromotionError, match="no @champion"):
         rollback_target("m", None, {})
+    with pytest.raises(PromotionError, match="records itself as the champion it replaced"):
+        rollback_target("m", "3", {tags.DECISION: "promoted", tags.PREVIOUS_CHAMPION: "3"})
     for moved in ({}, {tags.DECISION: "rejected", tags.PREVIOUS_CHAMPION: "1"}):
         with pytest.raises(PromotionError, match="moved outside senti"):
             rollback_target("m", "4", moved)

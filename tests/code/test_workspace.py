@@ -192,3 +192,11 @@ def test_the_lock_of_a_killed_holder_is_taken_over_and_noted(tmp_path):
     assert len(notes) == 1 and notes[0].startswith("cleared the lock of a retrain that died")
     assert f"pid {proc.pid}" in notes[0]
     assert (tmp_path / ".senti/retrain.lock").read_text() == ""  # released cleanly
+
+
+def test_a_refused_run_is_told_which_command_holds_the_lock(tmp_path):
+    busy = rf"^another promote of this project is running: pid {os.getpid()} .*\(flow run 7\)"
+    with workspace.project_lock(tmp_path, command="promote", run="flow run 7"), \
+            pytest.raises(workspace.LockBusy, match=busy), \
+            workspace.project_lock(tmp_path):  # a second open file: refused, even in-process
+        pass
