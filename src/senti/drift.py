@@ -454,7 +454,10 @@ def read_predictions(path: Any, text_column: str = "text") -> pd.DataFrame:
     if len(bad):
         raise ValueError(f"{path}: rows {bad[:5].tolist()} have no label with a probability "
                          "in [0, 1]")
-    versions = sorted(frame[VERSION_COLUMN].dropna().unique())
+    unnamed = frame.index[frame[VERSION_COLUMN].isna()]
+    if len(unnamed):
+        raise ValueError(f"{path}: rows {unnamed[:5].tolist()} name no {VERSION_COLUMN}")
+    versions = sorted(frame[VERSION_COLUMN].unique())
     if len(versions) != 1:
         raise ValueError(f"{path}: predictions of model versions {versions}: monitor one "
                          "version's predictions at a time")

@@ -164,6 +164,8 @@ def test_reports_escape_text_from_the_data(reference):
     ("text,label,probability,model_version\n好,positive,,1\n", r"rows \[0\]"),
     ("text,label,probability,model_version\n好,positive,0.9,1\n差,negative,0.8,2\n",
      r"model versions \['1', '2'\]: monitor one version's predictions at a time"),
+    ("text,label,probability,model_version\n好,positive,0.9,\n差,negative,0.8,2\n",
+     r"rows \[0\] name no model_version"),  # the report must say which version it judges
     ("text,label,probability,model_version\n", "no rows"),
     (b"text,label,probability,model_version\n\xc4\xe3,positive,0.9,1\n", "not a readable"),
 ])
