@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import re
@@ -37,10 +38,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 HOST = "127.0.0.1"
 ARTIFACTS_BUCKET = "senti-mlflow"  # MLflow's artifact store (behind the tracking server)
@@ -198,19 +199,57 @@ def _moto_user(endpoint: str, timeout_s: float = 10.0) -> S3Access:
 
 # ---- preflight --------------------------------------------------------------------------
 
-def _reach(name: str, url: str, request: urllib.request.Request, timeout_s: float,
-           judge: Callable[[int, bytes], str | None]) -> str | None:
-    """None when ``url`` answers and ``judge`` accepts the answer, else what went wrong."""
+def _shown(url: str) -> str:
+    """``url`` as an error line may show it: without what precedes its last ``@`` (the
+    credentials, even where they do not parse), its query and its fragment."""
+    anonymous = re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", r"\1", url, flags=re.DOTALL)
+    return re.split(r"[?#]", anonymous, maxsplit=1)[0]
+
+
+def _endpoint(url: str) -> tuple[str, str | None]:
+    """``url`` (http or https) without credentials, query or fragment, and its credentials
+    (``user:password``) if it has any; a ValueError that quotes no part of it otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s)://host URL")
     try:
-        status, body = _call(request, timeout_s)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{name} {url}: unreachable ({reason})"
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a port number") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if port is None else f"{host}:{port}"
+    credentials = (f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+                   if "@" in parts.netloc else None)
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), credentials
+
+
+def _failure(exc: Exception) -> str:
+    """What a request's exception says about the server (raised on a URL without
+    credentials or query, so the message holds no secret)."""
+    if isinstance(exc, ValueError | http.client.InvalidURL):
+        return f"not a valid URL ({exc})"
+    if isinstance(exc, OSError):
+        return f"unreachable ({getattr(exc, 'reason', exc)})"
+    return f"no HTTP answer ({type(exc).__name__})"
+
+
+def _reach(name: str, url: str, request: Callable[[str, str | None], urllib.request.Request],
+           timeout_s: float, judge: Callable[[int, bytes], str | None]) -> str | None:
+    """None when the server at ``url`` answers ``request(url without credentials, its
+    credentials)`` and ``judge`` accepts the answer, else one line naming ``name``, ``url``
+    (without credentials or query) and what went wrong."""
+    try:
+        status, body = _call(request(*_endpoint(url)), timeout_s)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return f"{name} {_shown(url)}: {_failure(exc)}"
     problem = judge(status, body)
-    return None if problem is None else f"{name} {url}: {problem}"
+    return None if problem is None else f"{name} {_shown(url)}: {problem}"
 
 
-def _basic(credentials: str) -> dict[str, str]:
+def _basic(credentials: str | None) -> dict[str, str]:
+    """The Basic authorization header for ``user:password`` (none without credentials)."""
+    if credentials is None:
+        return {}
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
@@ -242,11 +281,13 @@ def _judge_bucket(bucket: str, access: S3Access) -> Callable[[int, bytes], str |
 def check_reachable(environ: Mapping[str, str], s3_remote: str | None = None, *,
                     timeout_s: float = 5.0) -> None:
     """Check that every server ``environ`` points senti at answers and accepts its credentials,
-    before anything starts; raise :class:`Unreachable` with one line naming each that does not.
+    before anything starts; raise :class:`Unreachable` with one line naming each that does not
+    (a URL's credentials, query and fragment left out: the line never shows a password).
 
     - ``MLFLOW_TRACKING_URI`` (http/https only; a local store needs no check), with
-      ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` when set;
-    - ``PREFECT_API_URL``, with ``PREFECT_API_AUTH_STRING`` when set;
+      ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` when set, else the URL's own
+      ``user:password@`` (as MLflow's client does);
+    - ``PREFECT_API_URL``, with ``PREFECT_API_AUTH_STRING`` when set, else the URL's own;
     - ``s3_remote`` (an ``s3://bucket/prefix`` URL, e.g. the DVC remote): the bucket exists
       and the keys in ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` may list it, at
       ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (else AWS).
@@ -255,27 +296,27 @@ def check_reachable(environ: Mapping[str, str], s3_remote: str | None = None, *,
     tracking = environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
     if tracking.startswith(("http://", "https://")):
         user = environ.get("MLFLOW_TRACKING_USERNAME")
-        headers = _basic(f"{user}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}") if user else {}
-        request = urllib.request.Request(
-            f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
-        problems.append(_reach("MLflow tracking server", tracking, request, timeout_s, _judge_http(
-            "an MLflow tracking server", "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")))
+        login = f"{user}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}" if user else None
+        problems.append(_reach("MLflow tracking server", tracking, lambda base, userinfo: (
+            urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                   headers=_basic(login or userinfo))),
+            timeout_s, _judge_http("an MLflow tracking server",
+                                   "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")))
     prefect = environ.get("PREFECT_API_URL", "").rstrip("/")
     if prefect:
         auth = environ.get("PREFECT_API_AUTH_STRING")
-        request = urllib.request.Request(f"{prefect}/admin/version",
-                                         headers=_basic(auth) if auth else {})
-        problems.append(_reach("Prefect API", prefect, request, timeout_s, _judge_http(
-            "a Prefect API", "PREFECT_API_AUTH_STRING")))
+        problems.append(_reach("Prefect API", prefect, lambda base, userinfo: (
+            urllib.request.Request(f"{base}/admin/version", headers=_basic(auth or userinfo))),
+            timeout_s, _judge_http("a Prefect API", "PREFECT_API_AUTH_STRING")))
     if s3_remote:
         parts = urlsplit(s3_remote)
         if parts.scheme != "s3" or not parts.netloc:
-            raise Unreachable(f"{s3_remote}: not an s3://bucket/prefix URL")
+            raise Unreachable(f"{_shown(s3_remote)}: not an s3://bucket/prefix URL")
         access = S3Access.from_env(environ)
-        request = _aws_request(access, "GET",
-                               f"{access.endpoint}/{parts.netloc}?list-type=2&max-keys=1", "s3")
-        problems.append(_reach("S3 store", access.endpoint, request, timeout_s,
-                               _judge_bucket(parts.netloc, access)))
+        problems.append(_reach("S3 store", access.endpoint, lambda base, _: _aws_request(
+            replace(access, endpoint=base), "GET",
+            f"{base}/{parts.netloc}?list-type=2&max-keys=1", "s3"),
+            timeout_s, _judge_bucket(parts.netloc, access)))
     if found := [p for p in problems if p]:
         raise Unreachable("; ".join(found))
 
