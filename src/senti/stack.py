@@ -7,7 +7,8 @@
   Databases ``mlflow`` and ``prefect`` (with ``pg_trgm``, which Prefect needs).
 - S3: moto's server (``moto[server]``, the ``stack`` extra), in memory, with an IAM user whose
   keys the clients get, the buckets created, and then credentials enforced.
-- ``mlflow server`` on the ``mlflow`` database with ``--artifacts-destination s3://...``
+- ``mlflow server`` on the ``mlflow`` database (``MLFLOW_BACKEND_STORE_URI``: no password
+  is on any command line) with ``--artifacts-destination s3://...``
   (clients need no S3 credentials) and MLflow's basic-auth app.
 - ``prefect server start`` on the ``prefect`` database with ``PREFECT_SERVER_API_AUTH_STRING``.
 
@@ -445,10 +446,11 @@ def up(timeout_s: float = START_TIMEOUT_S) -> Stack:
                             "auth_cache_ttl_seconds = 60\n")
         mlflow = _spawn("mlflow", [
             sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-            "--backend-store-uri", f"postgresql+psycopg2://{database}/mlflow",
             "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}/artifacts",
             "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
+            # the database's password in the environment: a command line is public (ps)
             {**env, **s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+             "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{database}/mlflow",
              "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD":
              mlflow_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs, groups)
