@@ -50,6 +50,7 @@ DVC_BUCKET = "senti-dvc"  # the DVC remote
 REGION = "us-east-1"
 ADMIN = "admin"  # the MLflow admin user and the Prefect auth string's user
 START_TIMEOUT_S = 120.0
+PREFIX = "senti-stack-"  # of the stack's directory in the system's temporary directory
 # Variables a client of the stack reads; a server must not inherit a client's values of them.
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                     "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "AWS_ENDPOINT_URL",
@@ -419,7 +420,7 @@ def up(timeout_s: float = START_TIMEOUT_S) -> Stack:
     until every service answers. On any failure everything started is stopped and removed."""
     started = time.monotonic()
     deadline = started + timeout_s
-    base = Path(tempfile.mkdtemp(prefix="senti-stack-"))
+    base = Path(tempfile.mkdtemp(prefix=PREFIX))
     logs = base / "logs"
     logs.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
@@ -508,9 +509,49 @@ def _stop(groups: Mapping[str, int], timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _leads(group: int, log: Path) -> bool:
+    """Whether process group ``group`` is still the one :func:`_spawn` started with output to
+    ``log``: its leader writes ``log``, or has ended (what is left of the group is then the
+    service's: Linux gives no new process an id that a process group still has)."""
+    try:
+        return os.readlink(f"/proc/{group}/fd/1") == os.path.realpath(log)
+    except FileNotFoundError:
+        return _ended(group)
+    except OSError:
+        return False
+
+
+def _check_record(stack: Stack) -> None:
+    """A StackError unless ``stack`` is what :func:`up` started: its directory one ``up``
+    makes (or gone), each group's id above 1 and still the service's."""
+    base = Path(stack.base)
+    if (base.parent != Path(tempfile.gettempdir()) or not base.name.startswith(PREFIX)
+            or base.is_symlink() or (base.exists() and not base.is_dir())):
+        raise StackError(f"{base}: not a directory senti stack up makes ({PREFIX}* in "
+                         f"{tempfile.gettempdir()}); nothing stopped or deleted")
+    for name, group in stack.groups.items():
+        if type(group) is not int or group <= 1:
+            raise StackError(f"{name}: {group!r} is not a process group senti stack up "
+                             "starts; nothing stopped or deleted")
+        if not _leads(group, base / "logs" / f"{name}.log"):
+            raise StackError(f"process group {group} is no longer the stack's {name} (its "
+                             f"leader does not write {base / 'logs' / name}.log); nothing "
+                             "stopped or deleted")
+
+
 def down(stack: Stack) -> None:
     """Stop every service of ``stack`` (no process of its groups survives) and remove its
-    directory."""
+    directory; a StackError, and nothing stopped or deleted, when the record does not
+    describe a stack :func:`up` started (see :func:`_check_record`)."""
+    _check_record(stack)
     _stop(stack.groups)
     shutil.rmtree(stack.base, ignore_errors=True)
 
@@ -556,8 +597,10 @@ def save(stack: Stack, path: Path) -> None:
     """Record ``stack`` (mode 0600: it holds the passwords) for ``senti stack env/down``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.touch(mode=0o600)
-    temporary.write_text(json.dumps(asdict(stack), indent=2))
+    with suppress(FileNotFoundError):
+        temporary.unlink()  # a leftover would keep its mode: the new file is made 0600
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(json.dumps(asdict(stack), indent=2))
     temporary.replace(path)
 
 

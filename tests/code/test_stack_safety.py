@@ -4,8 +4,13 @@ down` refuses to stop or delete. Real files and processes; the servers are a clo
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +78,73 @@ def test_preflight_sends_a_urls_credentials_and_not_in_the_url(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_the_record_is_private_even_over_a_leftover_temporary_file(tmp_path):
+    record = tmp_path / ".senti" / "stack.json"
+    record.parent.mkdir()
+    leftover = record.with_suffix(".tmp")
+    leftover.write_text("{}")
+    leftover.chmod(0o644)
+    stack.save(stack.Stack("/nowhere", {}, {"MLFLOW_TRACKING_PASSWORD": SECRET}, "", 0.0), record)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stack.load(record).env["MLFLOW_TRACKING_PASSWORD"] == SECRET
+
+
+def test_stack_up_names_a_record_it_cannot_read(tmp_path):
+    record = tmp_path / ".senti" / "stack.json"
+    record.parent.mkdir()
+    record.write_text('{"base": "x"}')
+    ran = subprocess.run([SENTI, "stack", "up", "--root", str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1
+    assert f"{record}: not a record of senti stack up (delete it)" in ran.stderr
+    assert "unexpectedly" not in ran.stderr + ran.stdout
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A directory as `senti stack up` makes it."""
+    made = Path(tempfile.mkdtemp(prefix=stack.PREFIX))
+    (made / "logs").mkdir()
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen]:
+    """A process group that is nobody's stack."""
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_stack_down_deletes_no_directory_stack_up_did_not_make(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data").write_text("keep")
+    with pytest.raises(stack.StackError, match="not a directory senti stack up makes"):
+        stack.down(stack.Stack(str(victim), {}, {}, "", 0.0))
+    assert (victim / "data").read_text() == "keep"
+
+
+def test_stack_down_stops_no_group_that_is_not_the_stacks(base, bystander):
+    record = stack.Stack(str(base), {"s3": bystander.pid}, {}, "", 0.0)
+    with pytest.raises(stack.StackError, match=f"process group {bystander.pid} is no longer"):
+        stack.down(record)
+    assert bystander.poll() is None and base.is_dir()
+
+
+@pytest.mark.parametrize("group", [0, 1, -1, "2"])
+def test_stack_down_refuses_groups_up_never_records(base, group):
+    with pytest.raises(stack.StackError, match="is not a process group senti stack up starts"):
+        stack.down(stack.Stack(str(base), {"s3": group}, {}, "", 0.0))
+    assert base.is_dir()
+
+
+def test_stack_down_stops_the_stacks_groups_and_deletes_its_directory(base):
+    groups: dict[str, int] = {}
+    service = stack._spawn("s3", ["sleep", "60"], os.environ, base / "logs", groups)
+    stack.down(stack.Stack(str(base), groups, {}, "", 0.0))
+    assert service.poll() is not None and not base.exists()
