@@ -592,9 +592,10 @@ def stack_up_command(root: Root = Path(".")) -> None:
     from senti import stack
 
     record = _stack_record(root)
-    if record.exists() and stack.is_running(stack.load(record)):
-        raise fail(f"a stack is already running ({record}): senti stack env, or senti stack down")
     with failing(stack.StackError):
+        if record.exists() and stack.is_running(stack.load(record)):
+            raise fail(f"a stack is already running ({record}): senti stack env, or senti "
+                       "stack down")
         running = stack.up()
     stack.save(running, record)
     typer.echo(running.exports())

@@ -7,7 +7,8 @@
   Databases ``mlflow`` and ``prefect`` (with ``pg_trgm``, which Prefect needs).
 - S3: moto's server (``moto[server]``, the ``stack`` extra), in memory, with an IAM user whose
   keys the clients get, the buckets created, and then credentials enforced.
-- ``mlflow server`` on the ``mlflow`` database with ``--artifacts-destination s3://...``
+- ``mlflow server`` on the ``mlflow`` database (``MLFLOW_BACKEND_STORE_URI``: no password
+  is on any command line) with ``--artifacts-destination s3://...``
   (clients need no S3 credentials) and MLflow's basic-auth app.
 - ``prefect server start`` on the ``prefect`` database with ``PREFECT_SERVER_API_AUTH_STRING``.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import re
@@ -37,10 +39,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 HOST = "127.0.0.1"
 ARTIFACTS_BUCKET = "senti-mlflow"  # MLflow's artifact store (behind the tracking server)
@@ -48,6 +50,7 @@ DVC_BUCKET = "senti-dvc"  # the DVC remote
 REGION = "us-east-1"
 ADMIN = "admin"  # the MLflow admin user and the Prefect auth string's user
 START_TIMEOUT_S = 120.0
+PREFIX = "senti-stack-"  # of the stack's directory in the system's temporary directory
 # Variables a client of the stack reads; a server must not inherit a client's values of them.
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                     "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "AWS_ENDPOINT_URL",
@@ -198,19 +201,57 @@ def _moto_user(endpoint: str, timeout_s: float = 10.0) -> S3Access:
 
 # ---- preflight --------------------------------------------------------------------------
 
-def _reach(name: str, url: str, request: urllib.request.Request, timeout_s: float,
-           judge: Callable[[int, bytes], str | None]) -> str | None:
-    """None when ``url`` answers and ``judge`` accepts the answer, else what went wrong."""
+def _shown(url: str) -> str:
+    """``url`` as an error line may show it: without what precedes its last ``@`` (the
+    credentials, even where they do not parse), its query and its fragment."""
+    anonymous = re.sub(r"^([A-Za-z][\w+.-]*://)?.*@", r"\1", url, flags=re.DOTALL)
+    return re.split(r"[?#]", anonymous, maxsplit=1)[0]
+
+
+def _endpoint(url: str) -> tuple[str, str | None]:
+    """``url`` (http or https) without credentials, query or fragment, and its credentials
+    (``user:password``) if it has any; a ValueError that quotes no part of it otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s)://host URL")
     try:
-        status, body = _call(request, timeout_s)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{name} {url}: unreachable ({reason})"
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a port number") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if port is None else f"{host}:{port}"
+    credentials = (f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+                   if "@" in parts.netloc else None)
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), credentials
+
+
+def _failure(exc: Exception) -> str:
+    """What a request's exception says about the server (raised on a URL without
+    credentials or query, so the message holds no secret)."""
+    if isinstance(exc, ValueError | http.client.InvalidURL):
+        return f"not a valid URL ({exc})"
+    if isinstance(exc, OSError):
+        return f"unreachable ({getattr(exc, 'reason', exc)})"
+    return f"no HTTP answer ({type(exc).__name__})"
+
+
+def _reach(name: str, url: str, request: Callable[[str, str | None], urllib.request.Request],
+           timeout_s: float, judge: Callable[[int, bytes], str | None]) -> str | None:
+    """None when the server at ``url`` answers ``request(url without credentials, its
+    credentials)`` and ``judge`` accepts the answer, else one line naming ``name``, ``url``
+    (without credentials or query) and what went wrong."""
+    try:
+        status, body = _call(request(*_endpoint(url)), timeout_s)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return f"{name} {_shown(url)}: {_failure(exc)}"
     problem = judge(status, body)
-    return None if problem is None else f"{name} {url}: {problem}"
+    return None if problem is None else f"{name} {_shown(url)}: {problem}"
 
 
-def _basic(credentials: str) -> dict[str, str]:
+def _basic(credentials: str | None) -> dict[str, str]:
+    """The Basic authorization header for ``user:password`` (none without credentials)."""
+    if credentials is None:
+        return {}
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
@@ -242,11 +283,13 @@ def _judge_bucket(bucket: str, access: S3Access) -> Callable[[int, bytes], str |
 def check_reachable(environ: Mapping[str, str], s3_remote: str | None = None, *,
                     timeout_s: float = 5.0) -> None:
     """Check that every server ``environ`` points senti at answers and accepts its credentials,
-    before anything starts; raise :class:`Unreachable` with one line naming each that does not.
+    before anything starts; raise :class:`Unreachable` with one line naming each that does not
+    (a URL's credentials, query and fragment left out: the line never shows a password).
 
     - ``MLFLOW_TRACKING_URI`` (http/https only; a local store needs no check), with
-      ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` when set;
-    - ``PREFECT_API_URL``, with ``PREFECT_API_AUTH_STRING`` when set;
+      ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` when set, else the URL's own
+      ``user:password@`` (as MLflow's client does);
+    - ``PREFECT_API_URL``, with ``PREFECT_API_AUTH_STRING`` when set, else the URL's own;
     - ``s3_remote`` (an ``s3://bucket/prefix`` URL, e.g. the DVC remote): the bucket exists
       and the keys in ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` may list it, at
       ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (else AWS).
@@ -255,27 +298,27 @@ def check_reachable(environ: Mapping[str, str], s3_remote: str | None = None, *,
     tracking = environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
     if tracking.startswith(("http://", "https://")):
         user = environ.get("MLFLOW_TRACKING_USERNAME")
-        headers = _basic(f"{user}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}") if user else {}
-        request = urllib.request.Request(
-            f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
-        problems.append(_reach("MLflow tracking server", tracking, request, timeout_s, _judge_http(
-            "an MLflow tracking server", "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")))
+        login = f"{user}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}" if user else None
+        problems.append(_reach("MLflow tracking server", tracking, lambda base, userinfo: (
+            urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                   headers=_basic(login or userinfo))),
+            timeout_s, _judge_http("an MLflow tracking server",
+                                   "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")))
     prefect = environ.get("PREFECT_API_URL", "").rstrip("/")
     if prefect:
         auth = environ.get("PREFECT_API_AUTH_STRING")
-        request = urllib.request.Request(f"{prefect}/admin/version",
-                                         headers=_basic(auth) if auth else {})
-        problems.append(_reach("Prefect API", prefect, request, timeout_s, _judge_http(
-            "a Prefect API", "PREFECT_API_AUTH_STRING")))
+        problems.append(_reach("Prefect API", prefect, lambda base, userinfo: (
+            urllib.request.Request(f"{base}/admin/version", headers=_basic(auth or userinfo))),
+            timeout_s, _judge_http("a Prefect API", "PREFECT_API_AUTH_STRING")))
     if s3_remote:
         parts = urlsplit(s3_remote)
         if parts.scheme != "s3" or not parts.netloc:
-            raise Unreachable(f"{s3_remote}: not an s3://bucket/prefix URL")
+            raise Unreachable(f"{_shown(s3_remote)}: not an s3://bucket/prefix URL")
         access = S3Access.from_env(environ)
-        request = _aws_request(access, "GET",
-                               f"{access.endpoint}/{parts.netloc}?list-type=2&max-keys=1", "s3")
-        problems.append(_reach("S3 store", access.endpoint, request, timeout_s,
-                               _judge_bucket(parts.netloc, access)))
+        problems.append(_reach("S3 store", access.endpoint, lambda base, _: _aws_request(
+            replace(access, endpoint=base), "GET",
+            f"{base}/{parts.netloc}?list-type=2&max-keys=1", "s3"),
+            timeout_s, _judge_bucket(parts.netloc, access)))
     if found := [p for p in problems if p]:
         raise Unreachable("; ".join(found))
 
@@ -377,7 +420,7 @@ def up(timeout_s: float = START_TIMEOUT_S) -> Stack:
     until every service answers. On any failure everything started is stopped and removed."""
     started = time.monotonic()
     deadline = started + timeout_s
-    base = Path(tempfile.mkdtemp(prefix="senti-stack-"))
+    base = Path(tempfile.mkdtemp(prefix=PREFIX))
     logs = base / "logs"
     logs.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
@@ -404,10 +447,11 @@ def up(timeout_s: float = START_TIMEOUT_S) -> Stack:
                             "auth_cache_ttl_seconds = 60\n")
         mlflow = _spawn("mlflow", [
             sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-            "--backend-store-uri", f"postgresql+psycopg2://{database}/mlflow",
             "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}/artifacts",
             "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
+            # the database's password in the environment: a command line is public (ps)
             {**env, **s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+             "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{database}/mlflow",
              "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD":
              mlflow_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs, groups)
@@ -465,9 +509,49 @@ def _stop(groups: Mapping[str, int], timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _leads(group: int, log: Path) -> bool:
+    """Whether process group ``group`` is still the one :func:`_spawn` started with output to
+    ``log``: its leader writes ``log``, or has ended (what is left of the group is then the
+    service's: Linux gives no new process an id that a process group still has)."""
+    try:
+        return os.readlink(f"/proc/{group}/fd/1") == os.path.realpath(log)
+    except FileNotFoundError:
+        return _ended(group)
+    except OSError:
+        return False
+
+
+def _check_record(stack: Stack) -> None:
+    """A StackError unless ``stack`` is what :func:`up` started: its directory one ``up``
+    makes (or gone), each group's id above 1 and still the service's."""
+    base = Path(stack.base)
+    if (base.parent != Path(tempfile.gettempdir()) or not base.name.startswith(PREFIX)
+            or base.is_symlink() or (base.exists() and not base.is_dir())):
+        raise StackError(f"{base}: not a directory senti stack up makes ({PREFIX}* in "
+                         f"{tempfile.gettempdir()}); nothing stopped or deleted")
+    for name, group in stack.groups.items():
+        if type(group) is not int or group <= 1:
+            raise StackError(f"{name}: {group!r} is not a process group senti stack up "
+                             "starts; nothing stopped or deleted")
+        if not _leads(group, base / "logs" / f"{name}.log"):
+            raise StackError(f"process group {group} is no longer the stack's {name} (its "
+                             f"leader does not write {base / 'logs' / name}.log); nothing "
+                             "stopped or deleted")
+
+
 def down(stack: Stack) -> None:
     """Stop every service of ``stack`` (no process of its groups survives) and remove its
-    directory."""
+    directory; a StackError, and nothing stopped or deleted, when the record does not
+    describe a stack :func:`up` started (see :func:`_check_record`)."""
+    _check_record(stack)
     _stop(stack.groups)
     shutil.rmtree(stack.base, ignore_errors=True)
 
@@ -513,8 +597,10 @@ def save(stack: Stack, path: Path) -> None:
     """Record ``stack`` (mode 0600: it holds the passwords) for ``senti stack env/down``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.touch(mode=0o600)
-    temporary.write_text(json.dumps(asdict(stack), indent=2))
+    with suppress(FileNotFoundError):
+        temporary.unlink()  # a leftover would keep its mode: the new file is made 0600
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(json.dumps(asdict(stack), indent=2))
     temporary.replace(path)
 
 

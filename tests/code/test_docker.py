@@ -220,6 +220,8 @@ def test_no_secret_is_written_in_a_file():
                 assert str(value).startswith("${"), f"{name}: {key} holds a value"
         for part in service.get("command", []):
             assert not re.search(r"://[^:/]+:[^$@]+@", str(part)), f"{name}: password in URL"
+            # nor from the environment: any user of the host reads a command line (ps)
+            assert not re.search(r"\$\{\w*(" + SECRET.pattern + ")", str(part)), name
     example = (DOCKER / ".env.example").read_text(encoding="utf-8")
     for line in example.splitlines():
         key, _, value = line.partition("=")

@@ -4,8 +4,12 @@ and the champion history holds on the PostgreSQL-backed tracking server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -32,6 +36,26 @@ def test_stack_answers_its_clients_and_senti_stack_env_prints_them(team_stack, s
     memory = stack.memory_mib(team_stack)
     assert set(memory) == {"postgres", "s3", "mlflow", "prefect"}
     assert all(mib > 0 for mib in memory.values())
+
+
+
+def test_no_password_is_on_a_command_line(team_stack):
+    """Any local user reads a command line (ps, /proc/<pid>/cmdline); an environment only
+    its owner. The database's password is in the URLs mlflow and prefect get."""
+    lines, environments = {}, []
+    for pid in stack.processes(team_stack):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            lines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environments.append(Path(f"/proc/{pid}/environ").read_text(errors="replace"))
+    urls = [url for variables in environments
+            for url in re.findall(r"postgresql\+\w+://[^\0]+", variables)]
+    database = {urlsplit(url).password for url in urls}
+    assert len(database) == 1 and None not in database  # found it
+    secrets = {*database, team_stack.env["MLFLOW_TRACKING_PASSWORD"],
+               team_stack.env["PREFECT_API_AUTH_STRING"], team_stack.env["AWS_SECRET_ACCESS_KEY"]}
+    assert len(lines) >= 4
+    for pid, line in lines.items():
+        assert not [secret for secret in secrets if secret in line], (pid, line)
 
 
 def test_prefect_refuses_a_client_without_the_auth_string(team_stack):
