@@ -357,7 +357,7 @@ def serve_command(
     os.environ.update(MLFLOW_TRACKING_URI=store, MLFLOW_REGISTRY_URI=store)
     from senti.server import run_server
 
-    with failing(OSError):
+    with failing(OSError, ValueError):  # ValueError: model files it refuses (senti.serve)
         run_server(f"models:/{name}/{version}", limits, host, port, workers)
 
 

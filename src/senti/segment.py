@@ -4,7 +4,7 @@ jieba is imported only here. A :class:`Segmenter` loads the dictionary once per 
 Bulk work is cut into chunks, each segmented by :func:`cut_chunk` on an engine of
 :mod:`senti.cluster` (a local process pool, or Dask): the same tokens either way.
 
-Two defences against hostile input:
+Three defences against hostile input:
 
 * jieba's time grows quadratically with an unbroken run of characters it segments as one
   block (20k rare characters ~1.6 s, 40k ~6 s), so a run longer than :data:`MAX_RUN_CHARS` is
@@ -15,10 +15,15 @@ Two defences against hostile input:
 * jieba caches its dictionary as a marshal file, loaded without any check, at a predictable
   name in the shared temporary directory; the cache goes to a private directory instead
   (:func:`cache_dir`, or a throw-away one).
+* jieba keeps every prefix of each user-dictionary word (memory grows with the square of a
+  word's length) and segments a word given without a frequency; a user dictionary is read
+  once, refused over :data:`MAX_USER_DICT_BYTES` or with a word over
+  :data:`MAX_USER_WORD_CHARS` (:func:`read_user_dict`), and jieba gets the bytes checked.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -40,6 +45,11 @@ _CHUNK = 2000  # texts per task: large enough to amortise inter-process transfer
 # 20k costs 2x, 40k 4x. 500 is 2.5x the longest run of the bundled corpus.
 MAX_RUN_CHARS = 500
 _LONG_RUN = re.compile(rf"[\u4E00-\u9FD5a-zA-Z0-9+#&\._%\-]{{{MAX_RUN_CHARS + 1},}}")
+# A user dictionary's bounds: its entries are words and short phrases (config/userdict.txt:
+# 3 characters at most); jieba's own dictionary of ~350k words is 5 MB. At the bounds, 1 MiB of
+# distinct 20-character words costs ~150 MiB and ~6 s to load.
+MAX_USER_DICT_BYTES = 1 << 20
+MAX_USER_WORD_CHARS = 20
 
 
 def cache_dir() -> Path | None:
@@ -57,6 +67,31 @@ def cache_dir() -> Path | None:
     private = (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
                and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
     return path if private else None
+
+
+def read_user_dict(path: Path | str) -> bytes:
+    """The bytes of the jieba user dictionary ``path``, read as jieba reads them (lines
+    split at ``\\n``, UTF-8, one ``word [freq] [tag]`` entry a line); ValueError naming the
+    file, and the line, when it is larger than :data:`MAX_USER_DICT_BYTES` or a word is
+    longer than :data:`MAX_USER_WORD_CHARS` characters."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"jieba user dictionary {path} not found")
+    with open(path, "rb") as f:
+        data = f.read(MAX_USER_DICT_BYTES + 1)
+    if len(data) > MAX_USER_DICT_BYTES:
+        raise ValueError(f"jieba user dictionary {path} is larger than the limit of "
+                         f"{MAX_USER_DICT_BYTES} bytes")
+    for number, raw in enumerate(io.BytesIO(data), 1):
+        try:
+            line = raw.strip().decode("utf-8").lstrip("\ufeff")
+        except UnicodeDecodeError:
+            raise ValueError(f"jieba user dictionary {path} line {number}: not UTF-8") from None
+        word = jieba.re_userdict.match(line).group(1) if line else ""
+        if len(word) > MAX_USER_WORD_CHARS:
+            raise ValueError(f"jieba user dictionary {path} line {number}: a word of {len(word)} "
+                             f"characters; the limit is {MAX_USER_WORD_CHARS}")
+    return data
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -80,10 +115,7 @@ class Segmenter:
             self._tokenizer.tmp_dir = str(private)
             self._tokenizer.initialize()
         if user_dict:
-            path = Path(user_dict)
-            if not path.is_file():
-                raise FileNotFoundError(f"jieba user dictionary {path} not found")
-            self._tokenizer.load_userdict(str(path))
+            self._tokenizer.load_userdict(io.BytesIO(read_user_dict(user_dict)))
 
     def cut(self, text: str) -> list[str]:
         """Tokens of ``text`` in accurate mode, whitespace tokens dropped; time linear in the
@@ -116,7 +148,10 @@ def cut_chunk(texts: Sequence[str], user_dict: str | None) -> list[list[str]]:
 def segment_chunks(chunks: Iterable[Sequence[str]], user_dict: Path | str | None,
                    engine: cluster.Engine) -> Iterator[list[list[str]]]:
     """The tokens of each chunk of texts, in order, the chunks segmented on ``engine``
-    (at most two per task slot in memory at a time)."""
+    (at most two per task slot in memory at a time); a user dictionary
+    :func:`read_user_dict` refuses is refused here, before any task runs."""
+    if user_dict:
+        read_user_dict(user_dict)
     user_dict = str(user_dict) if user_dict else None
     for _, tokens in cluster.run_chunks(engine, cut_chunk, (
             (i, (texts, user_dict)) for i, texts in enumerate(chunks)), ordered=True):

@@ -31,7 +31,7 @@ from senti.inference import ForwardPass
 from senti.model import load_model
 from senti.prepare import CJK_PATTERN, normalise_text
 from senti.segment import Segmenter
-from senti.vocab import OOV_ID, load_vocab
+from senti.vocab import OOV_ID, check_maxlen, load_vocab
 
 TEXT_COLUMN = "text"
 MAX_BATCH = 256
@@ -133,6 +133,8 @@ class Predictor:
 
     A text is read up to ``max_chars`` (``maxlen`` * :data:`CHARS_PER_TOKEN_SLOT`)
     characters, clipped before it is normalised, so a huge text costs what a long one does.
+    A ``maxlen`` :func:`~senti.vocab.check_maxlen` refuses, or a vocabulary whose size is not
+    the model's embedding rows, raises ValueError.
     """
 
     def __init__(self, model_file: Path | str, vocab_file: Path | str, labels_file: Path | str,
@@ -140,8 +142,12 @@ class Predictor:
                  min_known_share: float = 0.0) -> None:
         self.model = load_model(model_file)
         self.vocab = load_vocab(Path(vocab_file))
+        rows = self.model.get_layer("embedding").input_dim
+        if rows != len(self.vocab):
+            raise ValueError(f"vocabulary {vocab_file} has {len(self.vocab)} tokens; the model's "
+                             f"embedding has {rows} rows")
         self.labels: list[str] = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-        self.maxlen = maxlen
+        self.maxlen = check_maxlen(maxlen)
         self.max_chars = maxlen * CHARS_PER_TOKEN_SLOT
         self.min_known_share = min_known_share  # below it: flagged low_coverage
         self.segmenter = Segmenter(user_dict)
@@ -232,6 +238,16 @@ def _texts_of(model_input: object) -> list[object]:
                             f"send records with a '{TEXT_COLUMN}' field")
 
 
+def _serving_maxlen(path: Path) -> int:
+    """The ``maxlen`` of the serving config ``path`` (:func:`~senti.vocab.check_maxlen`);
+    ValueError naming the file when it has none it accepts."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return check_maxlen(config.get("maxlen") if isinstance(config, dict) else None)
+    except ValueError as exc:
+        raise ValueError(f"serving config {path}: {exc}") from None
+
+
 class SentimentPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper around :class:`Predictor` (artifacts: model, vocab, labels...)."""
 
@@ -239,9 +255,9 @@ class SentimentPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         artifacts = context.artifacts
-        config = json.loads(Path(artifacts["serving_config"]).read_text(encoding="utf-8"))
         self.predictor = Predictor(artifacts["model"], artifacts["vocab"], artifacts["labels"],
-                                   maxlen=config["maxlen"], user_dict=artifacts.get("user_dict"))
+                                   maxlen=_serving_maxlen(Path(artifacts["serving_config"])),
+                                   user_dict=artifacts.get("user_dict"))
 
     def configure(self, min_known_share: float, max_rows: int | None = None,
                   xla: bool = False) -> None:

@@ -1,7 +1,10 @@
 """Vocabulary: token <-> id mapping built from the training split only.
 
 Saved as JSON (never pickle) with its sha256, so the exact vocabulary is part of lineage.
-Ids 0 and 1 are reserved for padding and out-of-vocabulary tokens.
+Ids 0 and 1 are reserved for padding and out-of-vocabulary tokens. A vocabulary file may come
+from a shared store: :meth:`Vocabulary.from_json` refuses anything but distinct string tokens,
+the reserved ids and at most :data:`MAX_VOCAB_SIZE` of them; :func:`check_maxlen` bounds the
+tokens a text is read as.
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ PAD_ID = 0
 OOV_ID = 1
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
+FORMAT = "senti-vocab/1"
+MAX_VOCAB_SIZE = 2_000_000  # an embedding row each: 2M x 128 float32s is 1 GiB
+MAX_MAXLEN = 10_000  # tokens per text; params.yaml's model.maxlen is 128
+
+
+def check_maxlen(maxlen: object) -> int:
+    """``maxlen`` if it is an int (not a bool) from 1 to :data:`MAX_MAXLEN`; else ValueError."""
+    if type(maxlen) is not int or not 1 <= maxlen <= MAX_MAXLEN:
+        raise ValueError(f"maxlen must be an integer from 1 to {MAX_MAXLEN}, got {maxlen!r}")
+    return maxlen
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,9 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, tokens: Sequence[str], maxlen: int) -> list[int]:
-        """Ids of the first ``maxlen`` tokens; never empty, so no sequence is all padding."""
-        ids = [self._ids.get(t, OOV_ID) for t in tokens[:maxlen]]  # type: ignore[attr-defined]
+        """Ids of the first ``maxlen`` tokens (:func:`check_maxlen`); never empty, so no
+        sequence is all padding."""
+        ids = [self._ids.get(t, OOV_ID) for t in tokens[:check_maxlen(maxlen)]]  # type: ignore[attr-defined]
         return ids or [OOV_ID]
 
     def oov_rate(self, token_lists: Iterable[Sequence[str]]) -> float:
@@ -50,16 +64,27 @@ class Vocabulary:
         return oov / total if total else 0.0
 
     def to_json(self) -> bytes:
-        payload = {"format": "senti-vocab/1", "pad_id": PAD_ID, "oov_id": OOV_ID,
+        payload = {"format": FORMAT, "pad_id": PAD_ID, "oov_id": OOV_ID,
                    "tokens": list(self.tokens)}
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Vocabulary:
+        """The vocabulary :meth:`to_json` wrote; ValueError naming what is wrong with any
+        other payload."""
         payload = json.loads(data)
-        if payload.get("format") != "senti-vocab/1":
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError("not a senti vocabulary file")
-        return cls(tuple(payload["tokens"]))
+        if payload.get("pad_id") != PAD_ID or payload.get("oov_id") != OOV_ID:
+            raise ValueError(f"vocabulary must reserve pad_id {PAD_ID} and oov_id {OOV_ID}")
+        tokens = payload.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("vocabulary tokens must be a list of strings")
+        if len(tokens) > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocabulary of {len(tokens)} tokens; the limit is {MAX_VOCAB_SIZE}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("vocabulary tokens must be distinct")
+        return cls(tuple(tokens))
 
 
 def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int, max_size: int) -> Vocabulary:

@@ -36,10 +36,11 @@ class TinyModel:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
-    model = build_model(40, 2, ModelParams(embed_dim=8, lstm_units=4, dropout=0.1,
-                                           spatial_dropout=0.1, maxlen=16))
+    vocab = build_vocab([["质量", "很", "好"], ["太", "差", "了"]], 1, 40)
+    model = build_model(len(vocab), 2, ModelParams(embed_dim=8, lstm_units=4, dropout=0.1,
+                                                   spatial_dropout=0.1, maxlen=16))
     model.save(root / "model.keras")
-    save_vocab(build_vocab([["质量", "很", "好"], ["太", "差", "了"]], 1, 40), root / "vocab.json")
+    save_vocab(vocab, root / "vocab.json")
     (root / "labels.json").write_text(json.dumps(LABELS))
     return root
 

@@ -14,15 +14,17 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.pyfunc import scoring_server
+from mlflow.pyfunc import PythonModelContext, scoring_server
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
 from senti.inference import pad_batch
 from senti.prepare import normalise_text
 from senti.registry import INPUT_EXAMPLE, PYFUNC_MODEL
+from senti.segment import MAX_USER_WORD_CHARS
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
 from senti.server import BodyLimit, FastInvocations
+from senti.vocab import MAX_MAXLEN, build_vocab, save_vocab
 from tests.conftest import REPO
 from tests.model.conftest import LABELS
 
@@ -153,6 +155,42 @@ def test_pyfunc_inputs_need_a_text_column():
     assert _texts_of([{"text": "好"}, {"text": "差"}]) == ["好", "差"]
     with pytest.raises(InvalidInputError, match="'text' column"):
         _texts_of(pd.DataFrame({"review": ["好"]}))
+
+
+def _load_context(folder, serving_config: object, **artifacts: str) -> SentimentPyfunc:
+    """A :class:`SentimentPyfunc` loaded as MLflow loads it, from the tiny model's files and
+    ``serving_config`` (written as JSON), ``artifacts`` replacing or adding to them."""
+    (folder / "serving.json").write_text(json.dumps(serving_config))
+    model = SentimentPyfunc()
+    model.load_context(PythonModelContext({
+        "model": str(folder / "model.keras"), "vocab": str(folder / "vocab.json"),
+        "labels": str(folder / "labels.json"), "serving_config": str(folder / "serving.json"),
+        **artifacts}, model_config=None))
+    return model
+
+
+@pytest.mark.parametrize("config", [{"maxlen": 0}, {"maxlen": -1}, {"maxlen": True},
+                                    {"maxlen": 2.5}, {"maxlen": MAX_MAXLEN + 1}, {}, [16]])
+def test_a_serving_config_without_a_sane_maxlen_is_refused(tiny_model_dir, config):
+    with pytest.raises(ValueError, match=rf"serving config {tiny_model_dir / 'serving.json'}: "
+                                         rf"maxlen must be an integer from 1 to {MAX_MAXLEN}"):
+        _load_context(tiny_model_dir, config)
+    assert _load_context(tiny_model_dir, {"maxlen": 16}).predictor.maxlen == 16
+
+
+def test_a_vocabulary_the_model_was_not_built_for_is_refused(tiny_model_dir, tmp_path):
+    vocab = tmp_path / "vocab.json"
+    save_vocab(build_vocab([["好", "差"]], 1, 40), vocab)
+    with pytest.raises(ValueError, match=rf"vocabulary {vocab} has 4 tokens; the model's "
+                                         rf"embedding has 8 rows"):
+        _load_context(tiny_model_dir, {"maxlen": 16}, vocab=str(vocab))
+
+
+def test_a_user_dictionary_over_the_bounds_is_refused_at_load(tiny_model_dir, tmp_path):
+    user_dict = tmp_path / "userdict.txt"
+    user_dict.write_text("好" * (MAX_USER_WORD_CHARS + 1) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{user_dict} line 1: a word of"):
+        _load_context(tiny_model_dir, {"maxlen": 16}, user_dict=str(user_dict))
 
 
 def test_a_request_over_the_row_limit_is_refused(predictor, monkeypatch):
