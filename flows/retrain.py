@@ -34,6 +34,7 @@ from senti.config import (
     project_root,
     write_overrides,
 )
+from senti.console import PROGRESS_LOGGER
 from senti.io import read_json
 from senti.segment import jieba_version
 from senti.stages import ERROR_FILE, OWNER_ENV
@@ -47,7 +48,7 @@ class RetrainRefused(RuntimeError):
     """The run was refused (policy, label set); the workspace is as it was before."""
 
 
-PROGRESS = logging.getLogger("senti.progress")  # one line per step, for the terminal
+PROGRESS = logging.getLogger(PROGRESS_LOGGER)  # one line per step, for the terminal
 
 
 @dataclass

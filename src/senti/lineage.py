@@ -45,6 +45,7 @@ from mlflow.exceptions import MlflowException
 
 from senti import ledger, tags, versioning
 from senti.config import PARAMS_FILE, Layout, flatten, load_context
+from senti.console import PROGRESS_LOGGER
 from senti.io import read_json, sha256_bytes, sha256_file
 from senti.stages import ERROR_FILE
 
@@ -63,6 +64,7 @@ LOAD_MARKER = "registered_model_meta"
 KERAS_WEIGHTS = "model.weights.h5"  # the weights inside a .keras archive
 CODE_DIR = "src"  # where a checkout of the project keeps the senti package
 _LOG = logging.getLogger(__name__)
+_TERMINAL = logging.getLogger(f"{PROGRESS_LOGGER}.lineage")  # and the log, as every record
 
 
 class LineageError(LookupError):
@@ -195,14 +197,16 @@ def record_decision(root: Path | None, model_name: str, facts: dict[str, Any]) -
     """Append a gate decision or rollback (``facts``: :data:`DECISION_FIELDS` and whether it
     made a champion) to the model's ledger. MLflow holds it already and @champion may have
     moved: a ledger that cannot be written (the remote unreachable, full, not writable) leaves
-    the decision standing, with a warning naming the entry, which ``senti lineage verify
-    --ledger`` then reports MISSING, as in a project without a remote."""
+    the decision standing, with a warning naming the entry (on the terminal, and with the
+    traceback in the log), which ``senti lineage verify --ledger`` then reports MISSING, as
+    in a project without a remote."""
     try:
         record_in_ledger(root, model_name, {"kind": "decision", **facts})
     except Exception as exc:  # a failure here must not fail a decision already made
-        _LOG.warning("%s: %s: no ledger entry written (%s: %s); senti lineage verify --ledger "
-                     "reports it MISSING", model_name, _decision_label(facts),
-                     type(exc).__name__, exc, exc_info=True)
+        _TERMINAL.warning("warning: %s: %s: no ledger entry written (%s: %s); senti lineage "
+                          "verify --ledger reports it MISSING", model_name,
+                          _decision_label(facts), type(exc).__name__, exc)
+        _LOG.info("the ledger write that failed", exc_info=exc)
 
 
 def record_registration(root: Path, version: ModelVersion) -> None:
