@@ -615,5 +615,9 @@ def load(path: Path) -> Stack:
 
 
 def is_running(stack: Stack) -> bool:
-    """Whether any process of ``stack`` is still running."""
-    return any(_alive(group) for group in stack.groups.values())
+    """Whether any process of ``stack`` is still running: a group of the record that is alive
+    and still the stack's (:func:`_leads`). A record whose ids now belong to other processes
+    (after a reboot, say) or that :func:`up` never wrote is a stack that is not running."""
+    logs = Path(stack.base) / "logs"
+    return any(type(group) is int and group > 1 and _alive(group)
+               and _leads(group, logs / f"{name}.log") for name, group in stack.groups.items())

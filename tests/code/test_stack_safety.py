@@ -140,7 +140,29 @@ def test_stack_down_stops_no_group_that_is_not_the_stacks(base, bystander):
 def test_stack_down_refuses_groups_up_never_records(base, group):
     with pytest.raises(stack.StackError, match="is not a process group senti stack up starts"):
         stack.down(stack.Stack(str(base), {"s3": group}, {}, "", 0.0))
+    assert not stack.is_running(stack.Stack(str(base), {"s3": group}, {}, "", 0.0))
     assert base.is_dir()
+
+
+def test_a_record_whose_groups_are_other_processes_is_not_a_running_stack(tmp_path, base,
+                                                                          bystander):
+    """After a reboot the recorded ids may be anybody's: env refuses to hand out the dead
+    stack's URLs, and up starts a new one instead of saying one is running."""
+    record = tmp_path / ".senti" / "stack.json"
+    stale = stack.Stack(str(base), {"s3": bystander.pid}, {"MLFLOW_TRACKING_URI": "x"}, "", 0.0)
+    stack.save(stale, record)
+    assert not stack.is_running(stale)
+    ran = subprocess.run([SENTI, "stack", "env", "--root", str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "is not running: senti stack down, then up" in ran.stderr
+    assert bystander.poll() is None
+    groups: dict[str, int] = {}
+    service = stack._spawn("s3", ["sleep", "60"], os.environ, base / "logs", groups)
+    try:
+        assert stack.is_running(stack.Stack(str(base), groups, {}, "", 0.0))
+    finally:
+        service.kill()
+        service.wait()
 
 
 def test_stack_down_stops_the_stacks_groups_and_deletes_its_directory(base):
