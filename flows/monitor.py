@@ -3,6 +3,8 @@ its predictions (see :mod:`senti.drift`)."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,18 +26,20 @@ def monitor(predictions_csv: str, root: str | None = None,
     batch-predict flow, under the project's ``serve.batch_dirs``) with the version named in
     its ``model_version`` column: predicted-label shares (rows the model declined as a label
     of their own) and confidences against that version's test-set predictions; text lengths,
-    OOV rate and unseen tokens of the input texts against its training data. Posts the
+    OOV rate and unseen tokens of the input texts (cut with that version's jieba user
+    dictionary) against its training data. Posts the
     report as a markdown artifact; returns it."""
     params, layout = load_context(project_root(root))
     path = batch.project_file(predictions_csv, layout, params.serve.batch_dirs)
     frame = drift.read_predictions(path, text_column)
     registry.configure(layout, params.registry.experiment)
-    reference = registry.drift_reference(params, frame[batch.VERSION_COLUMN].iloc[0])
     texts = frame[text_column].dropna().map(
         lambda text: normalise_text(text, params.validate.max_text_chars))
     texts = texts[texts != ""].tolist()
-    tokens = segment_texts(texts, params.segment.user_dict_path(layout.root),
-                           params.segment.workers)
+    with tempfile.TemporaryDirectory() as tmp:  # cut as the version's own data was
+        reference = registry.drift_reference(params, frame[batch.VERSION_COLUMN].iloc[0],
+                                             Path(tmp))
+        tokens = segment_texts(texts, reference.user_dict, params.segment.workers)
     report = drift.compare(
         reference, drift.data_profile(pd.DataFrame({"text": texts, "tokens": tokens}),
                                       params.drift),

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -560,12 +561,12 @@ def _drift_report(file: Path, params: Params, layout: Layout) -> DriftReport:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as for lineage
     registry.configure(layout, params.registry.experiment)
-    reference = registry.drift_reference(params)
-    frame = drift.read_labelled_csv(file, params.data.max_source_bytes,
-                                    params.validate.max_text_chars)
-    frame["tokens"] = segment_texts(frame["text"].tolist(),
-                                    params.segment.user_dict_path(layout.root),
-                                    params.segment.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = registry.drift_reference(params, dst=Path(tmp))
+        frame = drift.read_labelled_csv(file, params.data.max_source_bytes,
+                                        params.validate.max_text_chars)
+        frame["tokens"] = segment_texts(frame["text"].tolist(), reference.user_dict,
+                                        params.segment.workers)
     return drift.compare(reference, drift.data_profile(frame, params.drift), params.drift,
                          current=str(file))
 

@@ -38,6 +38,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -169,6 +170,7 @@ class Reference:
     name: str  # e.g. "senti-sentiment v3 (@champion)"
     profile: VersionProfile
     vocab: Vocabulary
+    user_dict: Path | None = None  # the version's jieba user dictionary: new texts are cut with it
 
 
 # ---- profiles -----------------------------------------------------------------------------

@@ -295,8 +295,30 @@ def log_drift_profile(layout: Layout, params: Params) -> None:
     mlflow.log_text(drift.version_profile(layout, params.drift).to_json(), tags.DRIFT_PROFILE)
 
 
-def drift_reference(params: Params, version: str | None = None) -> drift.Reference:
-    """The profile and vocabulary that ``version`` (default: the @champion) was logged with.
+def _model_artifact(name: str, version: str, key: str, label: str) -> str:
+    """Where in the model directory of ``name`` ``version`` its pyfunc artifact ``key`` is
+    (``artifacts/FILE``, as its MLmodel declares), or "" when it was logged without one. A
+    declared path of any other shape is refused: the store is not trusted to name files."""
+    try:
+        declared = mlflow.models.Model.load(f"models:/{name}/{version}").flavors
+        spec = declared["python_function"].get("artifacts", {}).get(key)
+    except (MlflowException, OSError, KeyError, AttributeError) as exc:
+        raise drift.NoReference(f"{label}: its MLmodel cannot be read ({exc})") from exc
+    if spec is None:
+        return ""
+    path = PurePosixPath(str(spec.get("path", "") if isinstance(spec, dict) else ""))
+    if len(path.parts) != 2 or path.parts[0] != "artifacts" or path.name in ("..", ".") \
+            or "\\" in path.name:
+        raise drift.NoReference(f"{label}: its MLmodel declares artifact {key} at {path!s:.80}, "
+                                "not a file in artifacts/")
+    return str(path)
+
+
+def drift_reference(params: Params, version: str | None = None,
+                    dst: Path | None = None) -> drift.Reference:
+    """The profile, vocabulary and jieba user dictionary that ``version`` (default: the
+    @champion) was logged with: new texts are segmented with that dictionary, downloaded into
+    ``dst`` (which must outlive its use; None: not fetched, for data already segmented).
     Raises :class:`senti.drift.NoReference` naming what is missing."""
     name = params.registry.model_name
     label = f"{name} v{version}"
@@ -315,10 +337,15 @@ def drift_reference(params: Params, version: str | None = None) -> drift.Referen
     except (MlflowException, OSError) as exc:
         raise drift.NoReference(f"{label} has no drift profile ({tags.DRIFT_PROFILE}): it was "
                                 "registered before profiles were logged") from exc
-    vocab = mlflow.artifacts.load_text(
-        f"models:/{name}/{version}/artifacts/{PurePosixPath(params.paths.vocab).name}")
+    if not (vocab := _model_artifact(name, version, "vocab", label)):
+        raise drift.NoReference(f"{label} was logged without a vocab artifact")
+    user_dict = None
+    if dst is not None and (found := _model_artifact(name, version, "user_dict", label)):
+        user_dict = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version}/{found}", dst_path=str(dst)))
     return drift.Reference(label, drift.VersionProfile.from_json(profile),
-                           Vocabulary.from_json(vocab))
+                           Vocabulary.from_json(mlflow.artifacts.load_text(
+                               f"models:/{name}/{version}/{vocab}")), user_dict)
 
 
 def log_drift_report(run_id: str, report: drift.DriftReport) -> None:

@@ -260,11 +260,14 @@ def _csv(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
-def _champion(root: Path, profile: drift.VersionProfile, vocab: bool) -> None:
-    """Register a version of the project's model with ``profile`` (and, if ``vocab``, a
-    vocabulary) as its @champion, as a retrain would log them, without training one."""
+def _champion(root: Path, profile: drift.VersionProfile, vocab: bool,
+              declared: str = "artifacts/vocab.json") -> None:
+    """Register a version of the project's model with ``profile`` and an MLmodel declaring
+    its vocabulary at ``declared`` (the file there only if ``vocab``) as its @champion, as a
+    retrain would log them, without training one."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.models import Model
 
     from senti import registry, tags
     from senti.config import load_context
@@ -275,9 +278,11 @@ def _champion(root: Path, profile: drift.VersionProfile, vocab: bool) -> None:
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(
             params.registry.experiment).experiment_id) as run:
         mlflow.log_text(profile.to_json(), tags.DRIFT_PROFILE)
+        mlflow.log_text(Model(flavors={"python_function": {"artifacts": {
+            "vocab": {"path": declared}}}}).to_yaml(), "model/MLmodel")
         if vocab:
             mlflow.log_text(build_vocab([["好", "差"]], 1, 10).to_json().decode(),
-                            f"model/artifacts/{Path(params.paths.vocab).name}")
+                            "model/artifacts/vocab.json")
     client, name = MlflowClient(), params.registry.model_name
     client.create_registered_model(name)
     version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
@@ -285,16 +290,19 @@ def _champion(root: Path, profile: drift.VersionProfile, vocab: bool) -> None:
     client.set_registered_model_alias(name, tags.CHAMPION, version.version)
 
 
-@pytest.mark.parametrize("profile, vocab, message", [
-    (_tiny_profile(), False, "vocab"),  # an MlflowException from the registry
-    (_tiny_profile(heldout_oov_rate=None), True, "no held-out token rates"),  # from compare
+@pytest.mark.parametrize("profile, vocab, declared, message", [
+    (_tiny_profile(), False, "artifacts/vocab.json", "vocab"),  # an MlflowException
+    (_tiny_profile(heldout_oov_rate=None), True, "artifacts/vocab.json",
+     "no held-out token rates"),  # from compare
+    (_tiny_profile(), True, "../../../../mlruns.db", "senti-sentiment v1 (@champion): its "
+     "MLmodel declares artifact vocab at ../../../../mlruns.db, not a file in artifacts/"),
 ])
 def test_senti_drift_exits_2_with_one_line_when_the_check_cannot_run(tmp_path, profile, vocab,
-                                                                      message):
+                                                                      declared, message):
     from senti.cli import app
 
     root = make_project(tmp_path / "project", {"segment.workers": 1})
-    _champion(root, profile, vocab)
+    _champion(root, profile, vocab, declared)
     csv = tmp_path / "new.csv"
     csv.write_text("text,label\n很好的东西,positive\n太差了,negative\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["drift", str(csv), "--root", str(root)])
@@ -337,6 +345,7 @@ def test_monitor_flags_news_predictions_and_reports_land_in_mlflow(
 
     from flows.monitor import monitor
     from senti import registry, tags
+    from senti.cli import app
     from senti.config import load_context
 
     root = copy_project(trained_project[0], tmp_path / "project")
@@ -353,6 +362,12 @@ def test_monitor_flags_news_predictions_and_reports_land_in_mlflow(
     assert {f["name"] for f in alarmed["features"]} >= {"predicted_label", "confidence"}
     with pytest.raises(BatchInputError, match="outside the project's batch folders"):
         monitor(str(tmp_path / "elsewhere.csv"), root=str(root))
+    # new texts are cut with the version's user dictionary, not the project's current one
+    (root / "config" / "userdict.txt").write_text("好" * 30 + "\n", encoding="utf-8")
+    assert monitor("data/fresh.out.csv", root=str(root))["drifted"] == []
+    same = CliRunner().invoke(app, ["drift", str(_csv(tmp_path / "same.csv", corpus["fresh"][
+        ["text", "label"]])), "--root", str(root)])
+    assert same.exit_code == 0 and "no drift:" in same.output, same.output
 
     report = drift.compare(registry.drift_reference(params), drift.data_profile(
         corpus["news"], params.drift), params.drift, current="news")
