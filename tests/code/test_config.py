@@ -44,6 +44,8 @@ def test_overrides_are_typed_as_yaml():
     (["embeddings.extra_corpus=wikipedia"], r"embeddings.extra_corpus must be one of"),
     (["embeddings.architecture=glove"], r"embeddings.architecture must be one of"),
     (["embeddings.downsample=1"], r"embeddings.downsample must be in \[0, 1\)"),
+    (["vocab.max_size=2000001"], r"vocab.max_size must be in \[1, 2000000\]"),
+    (["model.maxlen=10001"], r"model.maxlen must be in \[1, 10000\]"),
     (["train.class_weights=1"], r"train.class_weights: expected true/false, got 1"),
     (["data.val_fraction=0.5", "data.test_fraction=0.45"], r"must leave >= 10% for training"),
     (["paths.tokens=/tmp/x"], r"paths are part of the project layout"),

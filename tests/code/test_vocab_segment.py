@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from senti.config import MAX_MAXLEN, MAX_VOCAB_SIZE
 from senti.segment import (
     MAX_USER_DICT_BYTES,
     MAX_USER_WORD_CHARS,
@@ -9,8 +10,6 @@ from senti.segment import (
     segment_texts,
 )
 from senti.vocab import (
-    MAX_MAXLEN,
-    MAX_VOCAB_SIZE,
     OOV_ID,
     Vocabulary,
     build_vocab,

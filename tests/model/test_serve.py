@@ -17,14 +17,14 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModelContext, scoring_server
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
-from senti.config import ParamsError, apply_overrides, load_params, parse_overrides
+from senti.config import MAX_MAXLEN, ParamsError, apply_overrides, load_params, parse_overrides
 from senti.inference import pad_batch
 from senti.prepare import normalise_text
 from senti.registry import INPUT_EXAMPLE, PYFUNC_MODEL
 from senti.segment import MAX_USER_WORD_CHARS
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
 from senti.server import BodyLimit, FastInvocations
-from senti.vocab import MAX_MAXLEN, build_vocab, save_vocab
+from senti.vocab import build_vocab, save_vocab
 from tests.conftest import REPO
 from tests.model.conftest import LABELS
 
