@@ -30,6 +30,12 @@ WORKER_HEALTHCHECK_S = 60
 # do not each spread their forward passes over every core (on 2 cores with 2 workers that
 # was ~30% more CPU per forward pass and ~8% fewer requests/s: docs/benchmarks.md)
 TF_THREAD_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+MAX_PORT = 65535  # 0 (any free port) is refused: the port must be the one announced
+
+
+# A Content-Length of more digits than this is refused unread (Python's int() refuses more
+# than 4,300 digits, which would be a 500 and a traceback per request).
+MAX_LENGTH_DIGITS = 18
 
 
 class BodyLimit:
@@ -44,19 +50,19 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and int(declared) > self.max_bytes:
-            return await self._refuse(send, f"request body is {int(declared)} bytes")
-        chunks, size, more = [], 0, True
-        while more:
+        if declared is not None and (len(declared) > MAX_LENGTH_DIGITS
+                                     or int(declared) > self.max_bytes):
+            return await self._refuse(send, f"request body is {declared[:40].decode()} bytes")
+        body, more = bytearray(), True  # one buffer: a body sent a few bytes a message is
+        while more:                       # not a Python object per message
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
                 return await self._refuse(send, "request body is larger")
             more = message.get("more_body", False)
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
         async def receive_body() -> dict:
             return replay.pop() if replay else await receive()
@@ -192,6 +198,8 @@ def run_server(model_uri: str, limits: ServeParams, host: str, port: int, worker
     """
     import uvicorn
 
+    if not 1 <= port <= MAX_PORT:
+        raise OSError(f"cannot listen on {host}:{port}: a port is from 1 to {MAX_PORT}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         socket.create_server((host, port), family=family).close()

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow.pyfunc
@@ -23,7 +24,7 @@ from senti.prepare import normalise_text
 from senti.registry import INPUT_EXAMPLE, PYFUNC_MODEL
 from senti.segment import MAX_USER_WORD_CHARS
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
-from senti.server import BodyLimit, FastInvocations
+from senti.server import BodyLimit, FastInvocations, run_server
 from senti.vocab import build_vocab, save_vocab
 from tests.conftest import REPO
 from tests.model.conftest import LABELS
@@ -216,7 +217,7 @@ async def _echo(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-def _post(chunks: list[bytes], declared: int | None) -> tuple[int, bytes, int]:
+def _post(chunks: list[bytes], declared: int | bytes | None) -> tuple[int, bytes, int]:
     """POST ``chunks`` through a 100-byte BodyLimit in front of :func:`_echo`: the status,
     the response body, and how many chunks were read."""
     pending = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
@@ -228,7 +229,8 @@ def _post(chunks: list[bytes], declared: int | None) -> tuple[int, bytes, int]:
 
     async def send(message: dict) -> None:
         sent.append(message)
-    headers = [] if declared is None else [(b"content-length", str(declared).encode())]
+    headers = [] if declared is None else [(b"content-length", declared if isinstance(
+        declared, bytes) else str(declared).encode())]
     asyncio.run(BodyLimit(_echo, max_bytes=100)(
         {"type": "http", "method": "POST", "path": "/invocations", "headers": headers},
         receive, send))
@@ -244,6 +246,34 @@ def test_a_declared_body_over_the_limit_is_refused_unread():
     assert (status, read) == (413, 0)
     assert json.loads(body)["message"] == ("request body is 101 bytes; the limit is 100 bytes "
                                            "(serve.max_body_bytes): send fewer rows per request")
+
+
+def test_a_content_length_of_thousands_of_digits_is_refused_unread_not_a_500():
+    status, body, read = _post([b"x" * 5], declared=b"0" * 4300 + b"5")  # int() refuses it
+    assert (status, read) == (413, 0)
+    assert json.loads(body)["message"].startswith(f"request body is {'0' * 40} bytes; the limit")
+
+
+def test_a_body_sent_two_bytes_a_message_costs_about_its_own_size():
+    messages, sent = 200_000, []
+
+    async def receive() -> dict:  # a new bytes object each time, as a server's parser makes
+        nonlocal messages
+        messages -= 1
+        return {"type": "http.request", "body": bytes((120, 121)), "more_body": messages > 0}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+    tracemalloc.start()
+    try:
+        asyncio.run(BodyLimit(_echo, max_bytes=1_000_000)(
+            {"type": "http", "method": "POST", "path": "/invocations", "headers": []},
+            receive, send))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (sent[0]["status"], sent[1]["body"]) == (200, b"400000")
+    assert peak < 5 * 400_000  # a bytes object and a list slot per message: ~24 times
 
 
 def test_a_streamed_body_over_the_limit_is_refused_before_its_end():
@@ -371,3 +401,10 @@ def test_a_charset_in_upper_case_takes_the_fast_path(apps):
     reached.clear()
     assert _invoke(fast_app, body, content_type) == _invoke(mlflow_app, body, content_type)
     assert reached == []
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 70000])
+def test_a_port_outside_1_to_65535_is_an_oserror_before_anything_starts(port):
+    with pytest.raises(OSError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: a port is from "
+                                      r"1 to 65535$"):
+        run_server("models:/none/1", load_params(REPO).serve, "127.0.0.1", port, 1)
