@@ -34,7 +34,7 @@ import pandas as pd
 
 from senti import cluster
 from senti.config import Layout, Paths
-from senti.io import atomic_write_bytes, real_path
+from senti.io import atomic_path, atomic_write_bytes, real_path
 
 VERSION_COLUMN = "model_version"
 # What :func:`predict_chunk` adds to each row (besides ``prob_<label>``): an input that has
@@ -298,16 +298,9 @@ def _kept(done: set[int], digests: Sequence[str], work: Path) -> str:
 
 def _assemble(work: Path, digests: Sequence[str], output_csv: Path) -> None:
     """The header and every chunk's rows, in input order, written atomically to
-    ``output_csv``."""
-    folder = next(p for p in output_csv.absolute().parents if p.exists())  # made on success
-    partial = folder / f".{output_csv.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with partial.open("xb") as out:
-            out.write((work / f"{digests[0]}.head").read_bytes())
-            for digest in digests:
-                with (work / f"{digest}.csv").open("rb") as chunk:
-                    shutil.copyfileobj(chunk, out, 1 << 20)
-        output_csv.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, output_csv)
-    finally:
-        partial.unlink(missing_ok=True)
+    ``output_csv`` (:func:`~senti.io.atomic_path`)."""
+    with atomic_path(output_csv) as partial, partial.open("xb") as out:
+        out.write((work / f"{digests[0]}.head").read_bytes())
+        for digest in digests:
+            with (work / f"{digest}.csv").open("rb") as chunk:
+                shutil.copyfileobj(chunk, out, 1 << 20)

@@ -80,17 +80,30 @@ def _parent_made(path: Path) -> Iterator[None]:
         raise
 
 
+def _flush(path: Path) -> None:
+    """Flush ``path`` (a file's data, or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """A temporary file name next to ``path`` to write to; moved onto ``path`` when the block
     ends without an error, removed otherwise (with the folders made for it). ``path`` is
-    never half-written."""
+    never half-written, even after a power loss: the file is flushed to the disk before the
+    rename, and the folder's entry after it (else the new name can survive on an empty
+    file)."""
     path = Path(path)
     tmp = _sibling(path, "tmp")
     with _parent_made(path):
         try:
             yield tmp
+            _flush(tmp)
             os.replace(tmp, path)
+            _flush(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -274,8 +274,8 @@ def predict_csv(layout: Layout, params: Params, input_csv: Path | str,
     version = version or alias_version(name, tags.CHAMPION)
     if version is None:
         raise LookupError(f"{name} has no @champion: give a version, or run senti promote")
-    try:
-        MlflowClient().get_model_version(name, version)
+    try:  # as MLflow spells it ("01" is 1): the output's model_version column and work key
+        version = str(MlflowClient().get_model_version(name, version).version)
     except MlflowException as exc:
         raise RegistryError(f"{name} has no version {version}: {exc.message}") from None
     model = RegisteredModel(tracking_uri(layout), name, version, params.serve.min_known_share)

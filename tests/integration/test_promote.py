@@ -207,6 +207,12 @@ def test_batch_predict_flow_writes_version_in_every_row(second):
     assert ok.exit_code == 0 and f"4 rows -> {data / 'cli.csv'}" in ok.output
     assert pd.read_csv(data / "cli.csv")["label"].dropna().tolist() == \
         result["label"].dropna().tolist()
+    spelled = runner.invoke(app, ["predict", "--input", str(source), "--output",
+                                  str(data / "v02.csv"), "--text-column", "review", "--version",
+                                  "02", "--root", str(root)])  # version 2, as MLflow reads it
+    assert spelled.exit_code == 0, spelled.output
+    assert pd.read_csv(data / "v02.csv", dtype={"model_version": str})[
+        "model_version"].eq("2").all()
     bad = data / "bad.csv"
     bad.write_text("text\n质量很好\n\"  \"\n", encoding="utf-8")
     failed = runner.invoke(app, ["predict", "--input", str(bad), "--output",

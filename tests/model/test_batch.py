@@ -3,6 +3,7 @@ input never overwritten, the output written whole or not at all."""
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -169,3 +170,26 @@ def test_a_refused_input_leaves_every_file_as_it_was(predict, tmp_path, rows, pr
             predict(source, output, chunk_rows=2)
     assert _files(tmp_path) == before  # no temporary file left, no folder made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+def test_every_chunk_and_the_output_are_on_the_disk_before_they_count(predict, tmp_path,
+                                                                     monkeypatch):
+    """A power loss must not leave a chunk that counts as done, or the output, empty: each
+    is flushed before its rename and its folder after it."""
+    flushed: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", recording)
+    source = _csv(tmp_path / "in.csv", ["好", "差", "还行"])
+    output = tmp_path / "out" / "predictions.csv"
+    report = predict(source, output, chunk_rows=2)
+    written = Counter(Path(name).name.split(".tmp.")[0].rsplit(".", 1)[1]
+                      for name in flushed if ".tmp." in name)  # files, before their rename
+    assert report["chunks"] == 2
+    assert written == {"head": 2, "csv": 2 + 1, "finished": 1}  # two chunks, the output
+    assert any(Path(name).name.startswith(".predictions.csv.tmp.") for name in flushed)
+    assert str(output.parent) in flushed  # and its new name
+    assert len(pd.read_csv(output)) == 3
