@@ -34,7 +34,7 @@ import pandas as pd
 
 from senti import cluster
 from senti.config import Layout, Paths
-from senti.io import atomic_path, atomic_write_bytes, real_path
+from senti.io import MAX_ATOMIC_NAME_BYTES, atomic_path, atomic_write_bytes, real_path
 
 VERSION_COLUMN = "model_version"
 # What :func:`predict_chunk` adds to each row (besides ``prob_<label>``): an input that has
@@ -71,8 +71,9 @@ def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
                  output: bool = False) -> Path:
     """``path`` (a relative one: from the project root) with symlinks resolved, if it lies
     under one of the project's ``folders`` (``serve.batch_dirs``). An input must be a file;
-    an output must not be a directory nor a pipeline artifact (a ``paths`` entry or inside
-    one). URLs are refused: batch prediction reads and writes project files only."""
+    an output must not be a directory, a pipeline artifact (a ``paths`` entry or inside
+    one), a hidden file, under a file, nor have a name too long to write atomically. URLs
+    are refused: batch prediction reads and writes project files only."""
     role = "output" if output else "input"
     allowed = ", ".join(f"{folder}/" for folder in folders)
     if URL.match(str(path)):
@@ -90,6 +91,14 @@ def project_file(path: Path | str, layout: Layout, folders: Sequence[str],
         return resolved
     if resolved.is_dir():
         raise BatchInputError(f"output {path} is a directory: name a file")
+    if blocked := next((p for p in resolved.parents if p.exists() and not p.is_dir()), None):
+        raise BatchInputError(f"output {path}: {blocked} is a file, not a folder")
+    if resolved.name.startswith("."):
+        raise BatchInputError(f"output {path}: a hidden file (tools keep their own there, "
+                              "like DVC's .gitignore): name another file")
+    if len(resolved.name.encode()) > MAX_ATOMIC_NAME_BYTES:
+        raise BatchInputError(f"output {path}: a file name of {len(resolved.name.encode())} "
+                              f"bytes; the limit is {MAX_ATOMIC_NAME_BYTES}")
     for key in Paths.model_fields:
         if resolved.is_relative_to(real_path(getattr(layout, key))):
             raise BatchInputError(f"output {path} would overwrite a pipeline artifact "

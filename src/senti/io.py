@@ -46,6 +46,9 @@ def real_path(path: Path | str) -> Path:
 
 _SIBLING_TAGS = ("tmp", "old")
 _TOKEN_CHARS = 16  # secrets.token_hex(8)
+# The longest file name (bytes) that atomic_path can write: its temporary sibling's name
+# (".NAME.tmp.TOKEN") must fit in the 255 bytes of a name.
+MAX_ATOMIC_NAME_BYTES = 255 - len("..tmp.") - _TOKEN_CHARS
 
 
 def _sibling(path: Path, tag: str) -> Path:

@@ -193,3 +193,16 @@ def test_every_chunk_and_the_output_are_on_the_disk_before_they_count(predict, t
     assert any(Path(name).name.startswith(".predictions.csv.tmp.") for name in flushed)
     assert str(output.parent) in flushed  # and its new name
     assert len(pd.read_csv(output)) == 3
+
+
+@pytest.mark.parametrize("output, message", [
+    ("data/in.csv/out.csv", r"data/in.csv/out.csv: .*/data/in.csv is a file, not a folder$"),
+    ("data/raw/.gitignore", r"data/raw/.gitignore: a hidden file"),
+    ("data/" + "x" * 230 + ".csv", r": a file name of 234 bytes; the limit is 233$"),
+])
+def test_an_output_that_could_not_be_written_is_refused_before_anything_runs(layout, output,
+                                                                              message):
+    _csv(layout.root / "data" / "in.csv", ["好"])
+    with pytest.raises(BatchInputError, match=message):
+        project_file(output, layout, FOLDERS, output=True)
+    assert project_file("data/" + "x" * 229 + ".csv", layout, FOLDERS, output=True)
