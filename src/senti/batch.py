@@ -175,6 +175,7 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
     existing output as it was. The input and the output must be different files.
     """
     input_csv, output_csv = Path(input_csv), Path(output_csv)
+    where = real_path(output_csv)  # where the output goes: it must still go there at the end
     if _same_file(input_csv, output_csv):
         raise BatchInputError(f"input and output are the same file ({input_csv}): write the "
                               "predictions to another file")
@@ -200,7 +201,7 @@ def predict_csv(source: ModelSource, input_csv: Path | str, output_csv: Path | s
     with _running(work):
         resumed = _predict_missing(source, input_csv, work, digests, text_column, chunk_rows,
                                    engine, progress)
-        _assemble(work, digests, output_csv)
+        _assemble(work, digests, output_csv, where)
         atomic_write_bytes(work / f"{uuid.uuid4().hex}{FINISHED}",
                            "\n".join(sorted(set(digests))).encode("utf-8"))
     _remove_finished(work)
@@ -305,11 +306,18 @@ def _kept(done: set[int], digests: Sequence[str], work: Path) -> str:
     return f"; {len(done)} of {len(digests)} chunks are done and kept in {work}"
 
 
-def _assemble(work: Path, digests: Sequence[str], output_csv: Path) -> None:
+def _assemble(work: Path, digests: Sequence[str], output_csv: Path, where: Path) -> None:
     """The header and every chunk's rows, in input order, written atomically to
-    ``output_csv`` (:func:`~senti.io.atomic_path`)."""
-    with atomic_path(output_csv) as partial, partial.open("xb") as out:
-        out.write((work / f"{digests[0]}.head").read_bytes())
-        for digest in digests:
-            with (work / f"{digest}.csv").open("rb") as chunk:
-                shutil.copyfileobj(chunk, out, 1 << 20)
+    ``output_csv`` (:func:`~senti.io.atomic_path`), if it still resolves to ``where``, as when
+    the job was checked: a folder on its path swapped for a symlink meanwhile (into a
+    pipeline artifact, say) is refused, and nothing is replaced."""
+    with atomic_path(output_csv) as partial:
+        with partial.open("xb") as out:
+            out.write((work / f"{digests[0]}.head").read_bytes())
+            for digest in digests:
+                with (work / f"{digest}.csv").open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+        if real_path(output_csv) != where:
+            raise BatchInputError(f"output {output_csv} now leads to {real_path(output_csv)}: "
+                                  "a folder on its path changed while the job ran; nothing "
+                                  f"was written (the chunks are kept in {work})")

@@ -206,3 +206,22 @@ def test_an_output_that_could_not_be_written_is_refused_before_anything_runs(lay
     with pytest.raises(BatchInputError, match=message):
         project_file(output, layout, FOLDERS, output=True)
     assert project_file("data/" + "x" * 229 + ".csv", layout, FOLDERS, output=True)
+
+
+def test_an_output_folder_swapped_for_a_symlink_during_the_job_is_refused(predict, tmp_path):
+    models, exports = tmp_path / "models", tmp_path / "exports"
+    models.mkdir()
+    exports.mkdir()
+    (models / "model.keras").write_bytes(b"the weights")
+    source = _csv(tmp_path / "in.csv", ["好", "差", "还行"])
+
+    def swap(done: int, total: int) -> None:  # after the last chunk, before the output
+        if done == total:
+            exports.rmdir()
+            exports.symlink_to(models)
+    with pytest.raises(BatchInputError, match=rf"^output {exports}/model.keras now leads to "
+                                              rf"{models}/model.keras: a folder on its path "
+                                              r"changed while the job ran; nothing was written"):
+        predict(source, exports / "model.keras", chunk_rows=2, progress=swap)
+    assert [p.name for p in models.iterdir()] == ["model.keras"]  # no temporary left either
+    assert (models / "model.keras").read_bytes() == b"the weights"
