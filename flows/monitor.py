@@ -27,8 +27,8 @@ def monitor(predictions_csv: str, root: str | None = None,
     its ``model_version`` column: predicted-label shares (rows the model declined as a label
     of their own) and confidences against that version's test-set predictions; text lengths,
     OOV rate and unseen tokens of the input texts (cut with that version's jieba user
-    dictionary) against its training data. Posts the
-    report as a markdown artifact; returns it."""
+    dictionary) against its training data. Posts the report as a markdown artifact; returns
+    it."""
     params, layout = load_context(project_root(root))
     path = batch.project_file(predictions_csv, layout, params.serve.batch_dirs)
     frame = drift.read_predictions(path, text_column)

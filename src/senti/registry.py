@@ -295,23 +295,23 @@ def log_drift_profile(layout: Layout, params: Params) -> None:
     mlflow.log_text(drift.version_profile(layout, params.drift).to_json(), tags.DRIFT_PROFILE)
 
 
-def _model_artifact(name: str, version: str, key: str, label: str) -> str:
-    """Where in the model directory of ``name`` ``version`` its pyfunc artifact ``key`` is
-    (``artifacts/FILE``, as its MLmodel declares), or "" when it was logged without one. A
-    declared path of any other shape is refused: the store is not trusted to name files."""
+def _model_artifacts(name: str, version: str, label: str) -> dict[str, str]:
+    """The pyfunc artifacts of ``name`` ``version``: key -> where in its model directory
+    (``artifacts/FILE``), as its MLmodel declares them. A declared path of any other shape
+    is refused: the store is not trusted to name files."""
     try:
-        declared = mlflow.models.Model.load(f"models:/{name}/{version}").flavors
-        spec = declared["python_function"].get("artifacts", {}).get(key)
-    except (MlflowException, OSError, KeyError, AttributeError) as exc:
+        declared = mlflow.models.Model.load(f"models:/{name}/{version}").flavors[
+            "python_function"].get("artifacts", {})
+        found = {str(key): str(spec["path"]) for key, spec in declared.items()}
+    except (MlflowException, OSError, KeyError, AttributeError, TypeError) as exc:
         raise drift.NoReference(f"{label}: its MLmodel cannot be read ({exc})") from exc
-    if spec is None:
-        return ""
-    path = PurePosixPath(str(spec.get("path", "") if isinstance(spec, dict) else ""))
-    if len(path.parts) != 2 or path.parts[0] != "artifacts" or path.name in ("..", ".") \
-            or "\\" in path.name:
-        raise drift.NoReference(f"{label}: its MLmodel declares artifact {key} at {path!s:.80}, "
-                                "not a file in artifacts/")
-    return str(path)
+    for key, text in found.items():
+        path = PurePosixPath(text)
+        if len(path.parts) != 2 or path.parts[0] != "artifacts" or path.name in ("..", ".") \
+                or "\\" in path.name:
+            raise drift.NoReference(f"{label}: its MLmodel declares artifact {key} at "
+                                    f"{text:.80}, not a file in artifacts/")
+    return found
 
 
 def drift_reference(params: Params, version: str | None = None,
@@ -337,15 +337,16 @@ def drift_reference(params: Params, version: str | None = None,
     except (MlflowException, OSError) as exc:
         raise drift.NoReference(f"{label} has no drift profile ({tags.DRIFT_PROFILE}): it was "
                                 "registered before profiles were logged") from exc
-    if not (vocab := _model_artifact(name, version, "vocab", label)):
+    artifacts = _model_artifacts(name, version, label)
+    if "vocab" not in artifacts:
         raise drift.NoReference(f"{label} was logged without a vocab artifact")
     user_dict = None
-    if dst is not None and (found := _model_artifact(name, version, "user_dict", label)):
+    if dst is not None and "user_dict" in artifacts:
         user_dict = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{name}/{version}/{found}", dst_path=str(dst)))
+            f"models:/{name}/{version}/{artifacts['user_dict']}", dst_path=str(dst)))
     return drift.Reference(label, drift.VersionProfile.from_json(profile),
                            Vocabulary.from_json(mlflow.artifacts.load_text(
-                               f"models:/{name}/{version}/{vocab}")), user_dict)
+                               f"models:/{name}/{version}/{artifacts['vocab']}")), user_dict)
 
 
 def log_drift_report(run_id: str, report: drift.DriftReport) -> None:
