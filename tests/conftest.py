@@ -19,6 +19,11 @@ import pytest
 import yaml
 from filelock import FileLock
 
+# DVC's first import goes through senti's DVC module, which undoes its swap of
+# sys.stdout/sys.stderr: test modules import dvc too, and with the swap in place TensorFlow's
+# absl handler closed pytest's capture file (0 tests collected, or an INTERNALERROR).
+import senti.versioning  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 # Files a project needs: the pipeline definition, params, the user dictionary, the code that
 # dvc.yaml lists as stage dependencies, and the DVC config with its default remote (a

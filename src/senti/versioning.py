@@ -27,8 +27,29 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc_data.hashfile.db import HashFileDB
 
-# DVC's "to track the changes with git, run ..." hint after every stage is noise here.
-logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+
+def _import_dvc() -> None:
+    """Import DVC and undo what its import sets up for DVC's own CLI.
+
+    It wraps ``sys.stdout`` and ``sys.stderr`` in colorama's ANSI stripper wherever they are
+    not terminals. Streams swapped under a library break its host: absl's log handler
+    (TensorFlow's import creates it) closes the stream it holds once that is no longer
+    ``sys.stderr``, at the next ``logging.config.dictConfig`` (Prefect's import makes one),
+    so a notebook's stderr, or pytest's capture file, was closed. It also gives DVC's loggers
+    handlers that print INFO records ("Running stage", "Updating lock file") straight to
+    stdout; senti reports stage progress itself, so they go to the log like any library's."""
+    streams = sys.stdout, sys.stderr
+    import dvc  # noqa: F401
+
+    sys.stdout, sys.stderr = streams
+    dvc_logger = logging.getLogger("dvc")
+    dvc_logger.handlers.clear()
+    dvc_logger.propagate = True
+    # DVC's "to track the changes with git, run ..." hint after every stage is noise here.
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+
+
+_import_dvc()
 
 DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
@@ -37,11 +58,6 @@ DVC_LOCK = "dvc.lock"
 def _repo(root: Path | str) -> Repo:
     from dvc.repo import Repo
 
-    # DVC's import prints its INFO records ("Running stage", "Updating lock file") straight
-    # to stdout; senti reports stage progress itself, so they go to the log like any library's
-    dvc_logger = logging.getLogger("dvc")
-    dvc_logger.handlers.clear()
-    dvc_logger.propagate = True
     return Repo(str(root))  # a context manager: ``with _repo(root) as repo``
 
 

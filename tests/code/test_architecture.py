@@ -8,6 +8,7 @@ was documented.
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,31 @@ def test_flows_hold_only_flows_and_deployments():
         plain = [n for n, v in own.items() if inspect.isfunction(v)]
         assert not plain, f"{path.name}: {plain} are neither flows nor tasks"
         assert all(isinstance(v, Flow | Task) or inspect.isclass(v) for v in own.values())
+
+
+# A host whose stderr is neither a terminal nor sys.__stderr__ (a notebook, pytest's capture):
+# TensorFlow's absl handler holds that stream, senti's DVC module is imported, then Prefect's
+# import configures logging, closing every existing handler.
+_HOST = """
+import io, sys, tempfile
+host = io.TextIOWrapper(tempfile.TemporaryFile(), encoding="utf-8")
+sys.stdout = sys.stderr = host
+import absl.logging
+from senti import versioning
+try:  # DVC is imported by the first call that needs it at the latest
+    versioning.outputs(tempfile.mkdtemp())
+except Exception as exc:
+    assert type(exc).__name__ == "NotDvcRepoError", exc
+assert sys.stdout is host and sys.stderr is host, (sys.stdout, sys.stderr)
+import prefect
+sys.__stdout__.write("open" if not host.closed else "closed")
+"""
+
+
+def test_importing_senti_leaves_the_hosts_streams_alone():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HOST], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0 and done.stdout == "open", done.stdout + done.stderr
