@@ -269,6 +269,9 @@ class ServeParams(_Section):
 
     max_rows_per_request: Positive  # rows in one /invocations request
     max_body_bytes: Positive  # bytes of one request body (413 above, before it is read)
+    # open connections one server worker takes requests on (more: 503): with
+    # max_body_bytes, the bound on the request bodies it holds at once
+    max_connections: Annotated[int, _between(1, 100_000)]
     # a prediction whose text has a lower share of known tokens is flagged low_coverage
     min_known_share: Annotated[float, _between(0, 1, note="0 = never")]
     batch_dirs: list[RelPath]  # batch input and output stay inside these folders

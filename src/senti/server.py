@@ -211,4 +211,7 @@ def run_server(model_uri: str, limits: ServeParams, host: str, port: int, worker
     app = scoring_app() if workers == 1 else "senti.server:scoring_app"
     uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers,
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                # uvicorn answers 503 once the open connections, the new one included,
+                # reach its limit
+                limit_concurrency=limits.max_connections + 1,
                 log_config=None)  # uvicorn's lines go where senti's logging sends them

@@ -2,12 +2,17 @@
 reads of a text, out-of-domain flags, and the request limits of a server."""
 
 import asyncio
+import http.client
 import io
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -176,6 +181,9 @@ def test_a_serving_config_without_a_sane_maxlen_is_refused(tiny_model_dir, confi
     with pytest.raises(ValueError, match=rf"serving config {tiny_model_dir / 'serving.json'}: "
                                          rf"maxlen must be an integer from 1 to {MAX_MAXLEN}"):
         _load_context(tiny_model_dir, config)
+
+
+def test_a_serving_config_with_a_sane_maxlen_loads(tiny_model_dir):
     assert _load_context(tiny_model_dir, {"maxlen": 16}).predictor.maxlen == 16
 
 
@@ -285,6 +293,7 @@ def test_a_streamed_body_over_the_limit_is_refused_before_its_end():
 @pytest.mark.parametrize("override, message", [
     ("serve.max_rows_per_request=0", r"serve.max_rows_per_request must be >= 1, got 0"),
     ("serve.max_body_bytes=1e6", r"serve.max_body_bytes: expected an integer, got 1000000.0"),
+    ("serve.max_connections=0", r"serve.max_connections must be in \[1, 100000\], got 0"),
     ("serve.min_known_share=1.5", r"serve.min_known_share must be in \[0, 1\] \(0 = never\)"),
     ("serve.batch_dirs=[/tmp]", r"serve.batch_dirs.0 must be a relative path inside the project"),
     ("serve.batch_dirs=[]", r"serve.batch_dirs must name at least one folder"),
@@ -295,10 +304,8 @@ def test_serve_params_are_checked(override, message):
 
 
 @pytest.fixture(scope="module")
-def apps(tiny_model_dir, tmp_path_factory):
-    """MLflow's scoring app for the tiny model saved as senti registers it (models from code,
-    its signature), at most 3 rows a request; and that app behind :class:`FastInvocations`,
-    with a list that records each request that reached MLflow's app."""
+def pyfunc_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model saved as senti registers it (models from code, its signature)."""
     folder = tmp_path_factory.mktemp("pyfunc")
     (folder / "serving.json").write_text(json.dumps({"maxlen": 16}))
     example = pd.DataFrame({"text": INPUT_EXAMPLE})
@@ -312,7 +319,15 @@ def apps(tiny_model_dir, tmp_path_factory):
             {"label": LABELS, "probability": [0.9, 0.8],
              **{f"prob_{label}": 0.5 for label in LABELS}})),
         pip_requirements=[])  # senti pins its own; MLflow would spend seconds inferring them
-    model = mlflow.pyfunc.load_model(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def apps(pyfunc_model):
+    """MLflow's scoring app for :func:`pyfunc_model`, at most 3 rows a request; and that app
+    behind :class:`FastInvocations`, with a list that records each request that reached
+    MLflow's app."""
+    model = mlflow.pyfunc.load_model(str(pyfunc_model))
     model.unwrap_python_model().configure(min_known_share=0.5, max_rows=3)
     mlflow_app = scoring_server.init(model)
     reached: list[bytes] = []
@@ -408,3 +423,50 @@ def test_a_port_outside_1_to_65535_is_an_oserror_before_anything_starts(port):
     with pytest.raises(OSError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: a port is from "
                                       r"1 to 65535$"):
         run_server("models:/none/1", load_params(REPO).serve, "127.0.0.1", port, 1)
+
+
+# run_server as `senti serve --workers 1` calls it, each worker taking requests on at most
+# two open connections
+_SERVER = """
+import sys
+from senti.config import load_params
+from senti.server import run_server
+limits = load_params(sys.argv[1]).serve.model_copy(update={"max_connections": 2})
+run_server(sys.argv[2], limits, "127.0.0.1", int(sys.argv[3]), 1)
+"""
+
+
+def _status(port: int) -> int:
+    """The status of a prediction requested on a new connection (0: none answered yet)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/invocations", body=b'{"inputs": ["\u597d"]}',
+                           headers={"Content-Type": "application/json"})
+        return connection.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_a_server_worker_answers_503_beyond_its_open_connections(pyfunc_model):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(REPO), str(pyfunc_model),
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while _status(port) != 200:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the server did not answer in 180 s"
+            time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port)):  # open, idle
+            assert _status(port) == 200  # the second connection
+            with socket.create_connection(("127.0.0.1", port)):
+                assert _status(port) == 503  # a third
+        assert _status(port) == 200  # the idle ones closed
+    finally:
+        server.kill()
+        server.wait()
