@@ -103,16 +103,26 @@ def _group(nodeid: str) -> str:
     return "tests/stack" if nodeid.startswith("tests/stack/") else nodeid.split("::")[0]
 
 
+# Fixtures that start a server or a cluster (10-20 s): a group using one is a long one.
+STARTUP_FIXTURES = {"prefect_harness", "dask_engine"}
+
+
+def _groups_using(items: list[pytest.Item], fixtures: set[str]) -> set[str]:
+    return {_group(item.nodeid) for item in items
+            if fixtures & set(getattr(item, "fixturenames", ()))}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """On an xdist worker: the groups with slow tests first, in a collection order the
-    scheduler keeps. Longest first keeps both workers busy to the end; with the slow groups
-    last, one worker would finish a slow group alone. The first group is one that needs the
-    :func:`trained_project` (that worker trains it); the slow groups that need none come next,
-    so the other worker runs them while it trains instead of waiting for it."""
+    """On an xdist worker: the longest groups first, in a collection order the scheduler
+    keeps, so that both workers stay busy to the end (with a long group last, one worker
+    would finish it alone). The first group is one that needs the :func:`trained_project`
+    (that worker trains it); the slow groups that need none come next, so the other worker
+    runs them while it trains instead of waiting for it; then the other slow groups; then
+    the groups that start a server or a cluster."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         slow = {_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
-        trained = {_group(item.nodeid) for item in items
-                   if "trained_project" in getattr(item, "fixturenames", ())}
+        trained = _groups_using(items, {"trained_project"})
+        starting = _groups_using(items, STARTUP_FIXTURES)
         first = next((_group(item.nodeid) for item in items
                       if _group(item.nodeid) in slow & trained), None)
 
@@ -122,7 +132,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 return 0
             if group in slow:
                 return 1 if group not in trained else 2
-            return 3
+            return 3 if group in starting else 4
 
         items.sort(key=rank)
 
