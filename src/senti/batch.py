@@ -317,7 +317,7 @@ def _assemble(work: Path, digests: Sequence[str], output_csv: Path, where: Path)
             for digest in digests:
                 with (work / f"{digest}.csv").open("rb") as chunk:
                     shutil.copyfileobj(chunk, out, 1 << 20)
-        if real_path(output_csv) != where:
-            raise BatchInputError(f"output {output_csv} now leads to {real_path(output_csv)}: "
+        if (now := real_path(output_csv)) != where:
+            raise BatchInputError(f"output {output_csv} now leads to {now}: "
                                   "a folder on its path changed while the job ran; nothing "
                                   f"was written (the chunks are kept in {work})")
