@@ -450,16 +450,18 @@ def _status(port: int) -> int:
 
 
 @pytest.mark.slow
-def test_a_server_worker_answers_503_beyond_its_open_connections(pyfunc_model):
+def test_a_server_worker_answers_503_beyond_its_open_connections(pyfunc_model, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(REPO), str(pyfunc_model),
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-c", _SERVER, str(REPO), str(pyfunc_model),
+                                   str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while _status(port) != 200:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
             assert time.monotonic() < deadline, "the server did not answer in 180 s"
             time.sleep(0.5)
         with socket.create_connection(("127.0.0.1", port)):  # open, idle
