@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,9 +174,6 @@ sys.__stdout__.write("open" if not host.closed else "closed")
 
 
 def test_importing_senti_leaves_the_hosts_streams_alone():
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", _HOST], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 0 and done.stdout == "open", done.stdout + done.stderr

@@ -38,7 +38,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows import deployments
 from senti import registry, tags, versioning
 from senti.config import ParamsError, apply_overrides, load_context, load_params
-from tests.conftest import copy_project
+from tests.conftest import copy_project, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -243,16 +243,10 @@ def test_deploy_to_a_process_pool_and_a_worker_runs_it(project, prefect_harness,
     assert len(pd.read_csv(out)) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_without_an_api_url_a_local_server_schedules_the_cron_runs(project, tmp_path):
     """Prefect's ephemeral API runs no scheduler; the background server senti schedule
     starts does: the nightly runs it inserts are at the declared cron times."""
-    port = _free_port()
+    port = free_port()
     env = _env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_API_PORT=str(port))
     del env["PREFECT_API_URL"]
     served = Served(project, env)

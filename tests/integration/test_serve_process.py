@@ -24,16 +24,10 @@ from mlflow import MlflowClient
 
 from senti import registry, tags
 from senti.config import load_context
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO, free_port, make_project
 
 BIN = Path(sys.executable).parent
 LABELS = {"negative", "positive"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -96,7 +90,7 @@ class Started:
 @pytest.mark.slow
 def test_senti_serve_flags_bounds_requests_and_stops_whole_on_sigterm(trained_project,
                                                                      tmp_path):
-    port = _free_port()
+    port = free_port()
     server = Started(["serve", "--port", str(port), "--workers", "2", "--root",
                       str(trained_project[0])], cwd=tmp_path)  # its log in tmp_path/.senti
     try:
@@ -142,7 +136,7 @@ def test_senti_schedule_stops_its_prefect_server_on_sigterm_while_starting(tmp_p
     """A stop that arrives while the local Prefect server starts (before Prefect's runner
     handles signals) still stops the server: it is senti's child, and nothing outlives it."""
     project = make_project(tmp_path / "project")
-    port = _free_port()
+    port = free_port()
     scheduler = Started(["schedule", "--root", str(project)], cwd=tmp_path,
                         PREFECT_HOME=str(tmp_path / "prefect-home"),
                         PREFECT_SERVER_API_PORT=str(port))

@@ -31,7 +31,7 @@ from senti.segment import MAX_USER_WORD_CHARS
 from senti.serve import InvalidInputError, ModelThread, SentimentPyfunc, _texts_of
 from senti.server import BodyLimit, FastInvocations, run_server
 from senti.vocab import build_vocab, save_vocab
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.model.conftest import LABELS
 
 PREDICTION_COLUMNS = ["label", "probability", "prob_negative", "prob_positive", "known_share",
@@ -451,9 +451,7 @@ def _status(port: int) -> int:
 
 @pytest.mark.slow
 def test_a_server_worker_answers_503_beyond_its_open_connections(pyfunc_model, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen([sys.executable, "-c", _SERVER, str(REPO), str(pyfunc_model),
